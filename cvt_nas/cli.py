@@ -1,0 +1,48 @@
+"""`cvt-nas` command line: argument parsing and dispatch only.
+
+Each subcommand lives in `cvt_nas.commands.<name>` with ``add_parser(subparsers)`` and
+``run(args) -> int``; the work itself is done by the library modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS = ("models", "profile", "train", "search", "report", "compare", "ablate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cvt-nas", description="Architecture search and ablation benchmarks for CvT."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"cvt_nas.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"cvt_nas.commands.{name}":
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"cvt-nas {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cvt-nas {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of `cvt-nas`: each module has ``add_parser(subparsers)``; parsers set ``func``."""
