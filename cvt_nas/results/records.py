@@ -1,0 +1,283 @@
+"""Trial records: one flat row per trial, the same for Optuna, Ray Tune and ablation runs.
+
+Column schema (see `trial_columns`), in this order:
+
+* identity: ``study``, ``trial``, ``backend``, ``status`` (one of `STATUSES`), ``reason``,
+  ``arch_id``
+* metrics: ``params``, ``macs`` (at the trial's image size), ``val_top1``, ``val_top5``,
+  ``test_top1``, ``test_top5`` (percent; NaN when not evaluated), ``train_loss``, ``epochs``
+  (epochs actually run), ``wall_time_s``, ``images_per_s``, ``seed``, ``finished_at`` (ISO 8601,
+  UTC)
+* architecture scalars: ``img_size``, ``in_chans``, ``num_classes``, ``qkv_bias``, ``act``,
+  ``attn_scale``, ``drop_rate``, ``num_stages``
+* per-stage architecture: ``<field>_s<stage>`` for every field of `CvTConfig`'s
+  ``STAGE_FIELDS``, field-major (``depth_s1``, ``depth_s2``, ``depth_s3``, ``num_heads_s1``, ...).
+  A stage whose ``mlp_ratio`` or ``kv_stride`` holds one value per block is written as a string
+  such as ``"1,2,2,1"``; the whole column then holds strings.
+* training: ``train.<field>`` for every field of ``TrainConfig.to_dict()`` (the dot keeps them
+  apart from architecture columns and from metrics such as ``train_loss``); nested values are
+  JSON strings
+* ``arch``: the canonical JSON of ``CvTConfig.to_dict()`` (sorted keys), enough to rebuild the
+  config with ``CvTConfig.from_dict(json.loads(row.arch))``
+* ``error``, then any ``extra`` keys the caller adds.
+
+The per-epoch table (`history_rows`) is long: ``study``, ``trial``, ``epoch`` and the metrics
+the trainer reported (``train_loss``, ``val_top1``, ``val_top5``, ``lr``, ``time_s``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import pandas as pd
+
+from cvt_nas.config import BLOCK_FIELDS, STAGE_FIELDS, CvTConfig
+from cvt_nas.cost import analytic_cost
+
+STATUSES: tuple[str, ...] = ("complete", "pruned", "infeasible", "diverged", "oom", "failed")
+
+IDENTITY_COLUMNS: tuple[str, ...] = ("study", "trial", "backend", "status", "reason", "arch_id")
+METRIC_COLUMNS: tuple[str, ...] = (
+    "params", "macs", "val_top1", "val_top5", "test_top1", "test_top5", "train_loss", "epochs",
+    "wall_time_s", "images_per_s", "seed", "finished_at",
+)
+ARCH_SCALAR_COLUMNS: tuple[str, ...] = (
+    "img_size", "in_chans", "num_classes", "qkv_bias", "act", "attn_scale", "drop_rate",
+    "num_stages",
+)
+TRAIN_PREFIX = "train."
+TAIL_COLUMNS: tuple[str, ...] = ("arch", "error")
+EPOCH_COLUMNS: tuple[str, ...] = (
+    "study", "trial", "epoch", "train_loss", "val_top1", "val_top5", "lr", "time_s",
+)
+
+_INT_COLUMNS = ("trial", "params", "macs", "epochs", "seed", "num_stages", "img_size", "in_chans",
+                "num_classes")
+_INT_STAGE_FIELDS = ("embed_kernel", "embed_stride", "embed_padding", "embed_dim", "depth",
+                     "num_heads", "qkv_kernel", "q_stride", "kv_stride")
+_BOOL_STAGE_FIELDS = ("pos_embed", "cls_token")
+_FLOAT_COLUMNS = ("val_top1", "val_top5", "test_top1", "test_top5", "train_loss", "wall_time_s",
+                  "images_per_s")
+# Result fields copied as they are (TrialResult attribute -> column).
+_RESULT_FIELDS = ("params", "macs", "val_top1", "val_top5", "test_top1", "test_top5",
+                  "train_loss", "epochs", "wall_time_s", "images_per_s", "seed", "error")
+
+
+class _HasToDict(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def stage_column(field: str, stage: int) -> str:
+    """Column name of a per-stage field, with stages counted from 1: ``depth_s1``."""
+    return f"{field}_s{stage}"
+
+
+def arch_columns(num_stages: int) -> list[str]:
+    """Architecture columns (scalars, then per-stage fields) for a number of stages."""
+    return [*ARCH_SCALAR_COLUMNS,
+            *(stage_column(f, s) for f in STAGE_FIELDS for s in range(1, num_stages + 1))]
+
+
+def format_blocks(value: Any) -> str:
+    """A per-block list as a compact string: ``[1, 2, 2, 1]`` -> ``"1,2,2,1"``."""
+    if isinstance(value, list | tuple):
+        return ",".join(_format_number(v) for v in value)
+    return _format_number(value)
+
+
+def _format_number(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def arch_json(cfg: CvTConfig) -> str:
+    """Canonical JSON of a config (sorted keys, no spaces): equal configs give equal strings."""
+    return json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def flatten_arch(cfg: CvTConfig) -> dict[str, Any]:
+    """Architecture fields of a config as flat columns (see the module docstring)."""
+    data = cfg.to_dict()
+    row: dict[str, Any] = {k: data[k] for k in ARCH_SCALAR_COLUMNS if k in data}
+    row["num_stages"] = cfg.num_stages
+    for name in STAGE_FIELDS:
+        for s, value in enumerate(data[name], start=1):
+            row[stage_column(name, s)] = format_blocks(value) if isinstance(value, list) else value
+    return row
+
+
+def flatten_train(train: Mapping[str, Any]) -> dict[str, Any]:
+    """Training fields as ``train.<field>`` columns; lists and dicts become JSON strings."""
+    row = {}
+    for key, value in train.items():
+        if isinstance(value, list | tuple | dict):
+            value = json.dumps(value, sort_keys=True, default=str)
+        elif value is not None and not isinstance(value, bool | int | float | str):
+            value = str(value)  # paths, enums
+        row[TRAIN_PREFIX + key] = value
+    return row
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    if obj is None:
+        return {}
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if hasattr(obj, "to_dict"):
+        return dict(obj.to_dict())
+    raise TypeError(f"expected a mapping or an object with to_dict(), got {type(obj).__name__}")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else value
+    return value
+
+
+def make_record(
+    *,
+    study: str,
+    trial: int,
+    backend: str,
+    model_cfg: CvTConfig,
+    train_cfg: _HasToDict | Mapping[str, Any],
+    result: Any | None,
+    status: str | None = None,
+    reason: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One flat, JSON-serializable row describing a trial.
+
+    Args:
+        study: study name (also the results directory name).
+        trial: trial number within the study.
+        backend: ``"optuna"``, ``"ray"``, ``"ablate"``, ...
+        model_cfg: the architecture; pass the config the trial trains (after
+            ``cvt_nas.train.adapt_config``) so ``in_chans``/``num_classes`` match the data.
+        train_cfg: a ``TrainConfig`` (or its ``to_dict()``).
+        result: the ``TrialResult`` (or its ``to_dict()``); ``None`` for a trial that never ran,
+            such as one rejected by the budget gate: params and MACs then come from
+            ``analytic_cost(model_cfg, train img_size)`` and the status defaults to
+            ``"infeasible"``.
+        status: overrides the result's status.
+        reason: why the trial ended as it did (e.g. ``"macs 3.1e8 > budget 2e8"``).
+        extra: additional columns (e.g. sampler name, ablation row); must not reuse schema names.
+
+    Returns:
+        A dict of plain Python values (no NaN: missing values are ``None``).
+
+    Raises:
+        ValueError: an unknown status or an ``extra`` key that clashes with the schema.
+    """
+    res = _as_dict(result)
+    train = _as_dict(train_cfg)
+    status = status or res.get("status") or ("infeasible" if result is None else None)
+    if status not in STATUSES:
+        raise ValueError(f"trial {trial}: unknown status {status!r}; choose one of {STATUSES}")
+    img_size = int(train.get("img_size") or model_cfg.img_size)
+    record: dict[str, Any] = {
+        "study": study, "trial": int(trial), "backend": backend, "status": status,
+        "reason": reason, "arch_id": model_cfg.arch_id(),
+    }
+    record.update({k: _clean(res.get(k)) for k in _RESULT_FIELDS if k != "error"})
+    if record["params"] is None or record["macs"] is None:
+        try:
+            cost = analytic_cost(model_cfg, img_size)
+        except ValueError as exc:  # no tokens left at this size: record why, keep the row
+            record["reason"] = "; ".join(x for x in (reason, f"cost: {exc}") if x)
+        else:
+            record["params"] = cost.params if record["params"] is None else record["params"]
+            record["macs"] = cost.macs if record["macs"] is None else record["macs"]
+    if record["seed"] is None:
+        record["seed"] = train.get("seed")
+    if record["epochs"] is None and result is None:
+        record["epochs"] = 0
+    record["finished_at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
+    record.update(flatten_arch(model_cfg))
+    record.update(flatten_train(train))
+    record["arch"] = arch_json(model_cfg)
+    record["error"] = res.get("error")
+    for key, value in (extra or {}).items():
+        if key in record:
+            raise ValueError(f"extra column {key!r} clashes with a record column; rename it")
+        record[key] = value
+    return record
+
+
+def history_rows(study: str, trial: int, history: Iterable[Mapping[str, Any]] | None
+                 ) -> list[dict[str, Any]]:
+    """Rows of the long per-epoch table for one trial (one row per reported epoch)."""
+    rows = []
+    for i, entry in enumerate(history or [], start=1):
+        row = {"study": study, "trial": int(trial)}
+        row.update({k: _clean(v) for k, v in entry.items() if k not in ("study", "trial")})
+        row["epoch"] = int(row.get("epoch", i))
+        rows.append(row)
+    return rows
+
+
+def _order(columns: Iterable[str]) -> list[str]:
+    """Schema order for a set of record columns; unknown columns keep first-seen order."""
+    cols = list(dict.fromkeys(columns))
+    stages = max((int(c.rsplit("_s", 1)[1]) for c in cols
+                  if c.rsplit("_s", 1)[0] in STAGE_FIELDS and c.rsplit("_s", 1)[1].isdigit()),
+                 default=0)
+    head = [*IDENTITY_COLUMNS, *METRIC_COLUMNS, *arch_columns(stages)]
+    train = [c for c in cols if c.startswith(TRAIN_PREFIX)]
+    known = set(head) | set(train) | set(TAIL_COLUMNS)
+    return [*head, *train, *TAIL_COLUMNS, *(c for c in cols if c not in known)]
+
+
+def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """The trials DataFrame of a list of records, in schema order with stable dtypes.
+
+    Every schema column is present even when all values are missing, so frames from different
+    backends have the same columns. Integer columns are nullable (``Int64``); a per-block column
+    that mixes numbers and ``"1,2,2,1"`` strings is stored as strings.
+    """
+    records = list(records)
+    df = pd.DataFrame.from_records(records) if records else pd.DataFrame()
+    df = df.reindex(columns=_order(df.columns))
+    for col in _INT_COLUMNS:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    for col in _FLOAT_COLUMNS:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    for col in df.columns:
+        if df[col].dtype == object and _mixed(df[col]):
+            df[col] = df[col].map(lambda v: None if _missing(v) else format_blocks(v))
+        base = col.rsplit("_s", 1)[0]
+        if base in _INT_STAGE_FIELDS and pd.api.types.is_numeric_dtype(df[col]):
+            df[col] = df[col].astype("Int64")
+        elif base in _BOOL_STAGE_FIELDS or col == "qkv_bias":
+            df[col] = df[col].astype("boolean")
+    return df
+
+
+def epochs_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """The long per-epoch DataFrame (``EPOCH_COLUMNS`` first, then any other reported metric)."""
+    rows = list(rows)
+    df = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+    cols = [*EPOCH_COLUMNS, *(c for c in df.columns if c not in EPOCH_COLUMNS)]
+    df = df.reindex(columns=cols)
+    for col in ("trial", "epoch"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    return df
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _mixed(series: pd.Series) -> bool:
+    kinds = {type(v) for v in series if not _missing(v)}
+    return str in kinds and len(kinds) > 1
+
+
+def block_columns(df: pd.DataFrame) -> list[str]:
+    """The per-stage columns of fields that may hold per-block values (``kv_stride_s1``, ...)."""
+    return [c for c in df.columns if c.rsplit("_s", 1)[0] in BLOCK_FIELDS]
