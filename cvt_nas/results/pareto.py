@@ -228,6 +228,24 @@ def default_reference(df: pd.DataFrame, objectives: Objectives, margin: float = 
     return ref
 
 
+def ideal_box(df: pd.DataFrame, objectives: Objectives, ref: Mapping[str, float]) -> float:
+    """Volume of the box between the best value of each objective and the reference point.
+
+    Dividing a hypervolume by it gives a unit-free fraction in [0, 1] (1 would mean one trial
+    best in every objective at once), comparable across studies that share ``ref``.
+    """
+    objectives = check_objectives(df, objectives)
+    sub = df[eligible(df, objectives)]
+    volume = 1.0
+    for name, direction in objectives.items():
+        values = pd.to_numeric(sub[name], errors="coerce").astype("float64")
+        if values.empty:
+            return float("nan")
+        best = values.max() if direction == "max" else values.min()
+        volume *= max(0.0, (best - ref[name]) if direction == "max" else (ref[name] - best))
+    return volume
+
+
 def hypervolume_history(
     df: pd.DataFrame,
     objectives: Objectives,

@@ -115,7 +115,8 @@ def plot_pareto(df: pd.DataFrame, objectives: Mapping[str, str], path: str | Pat
 
 
 def plot_compare(frames: Mapping[str, pd.DataFrame], objectives: Mapping[str, str],
-                 ref: Mapping[str, float], path: str | Path) -> dict[str, pd.DataFrame]:
+                 ref: Mapping[str, float], path: str | Path, *, scale: float | None = None
+                 ) -> dict[str, pd.DataFrame]:
     """Overlay several studies' fronts and plot hypervolume against trials and wall time.
 
     Args:
@@ -123,9 +124,12 @@ def plot_compare(frames: Mapping[str, pd.DataFrame], objectives: Mapping[str, st
         objectives: shared objectives.
         ref: shared hypervolume reference point.
         path: where to write the PNG.
+        scale: divide hypervolumes by this (e.g. `ideal_box` of all studies) so the curves read
+            as fractions; None plots raw values.
 
     Returns:
-        Study label -> its `hypervolume_history` table (the curves that were drawn).
+        Study label -> its `hypervolume_history` table (raw values; the curves drawn divide
+        them by ``scale``).
     """
     fig = Figure(figsize=(15.5, 4.6), layout="constrained")
     ax_front, ax_trials, ax_time = fig.subplots(1, 3)
@@ -147,17 +151,19 @@ def plot_compare(frames: Mapping[str, pd.DataFrame], objectives: Mapping[str, st
                       drawstyle="steps-post" if len(objectives) == 2 else "default")
         hist = hypervolume_history(df, objectives, ref)
         histories[name] = hist
-        ax_trials.step(hist["n_trials"], hist["hypervolume"], where="post", color=color,
-                       label=name)
-        ax_time.step(hist["elapsed_s"], hist["hypervolume"], where="post", color=color,
+        hv = hist["hypervolume"] / (scale or 1.0)
+        ax_trials.step(hist["n_trials"], hv, where="post", color=color, label=name)
+        ax_time.step(np.r_[0.0, hist["elapsed_s"]], np.r_[0.0, hv], where="post", color=color,
                      label=name)
     if all_x and _use_log(np.concatenate(all_x)):
         ax_front.set_xscale("log")
     ax_front.set(xlabel=_label(x), ylabel=_label(y), title="Pareto fronts")
     ref_text = ", ".join(f"{k}={v:.4g}" for k, v in ref.items())
-    ax_trials.set(xlabel="trials finished", ylabel="hypervolume",
-                  title=f"hypervolume vs trials (ref {ref_text})")
-    ax_time.set(xlabel="elapsed time (s)", ylabel="hypervolume", title="hypervolume vs time")
+    ylabel = "hypervolume" if not scale else "hypervolume (fraction of ideal box)"
+    ax_trials.set(xlabel="trials finished", ylabel=ylabel,
+                  title=f"hypervolume vs trials\n(ref {ref_text})")
+    ax_time.set(xlabel="elapsed time (s)", ylabel=ylabel, title="hypervolume vs wall time")
+    ax_time.set_xlim(left=0.0)
     for ax in (ax_front, ax_trials, ax_time):
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

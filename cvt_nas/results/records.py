@@ -6,8 +6,8 @@ Column schema (see `trial_columns`), in this order:
   ``arch_id``
 * metrics: ``params``, ``macs`` (at the trial's image size), ``val_top1``, ``val_top5``,
   ``test_top1``, ``test_top5`` (percent; NaN when not evaluated), ``train_loss``, ``epochs``
-  (epochs actually run), ``wall_time_s``, ``images_per_s``, ``seed``, ``finished_at`` (ISO 8601,
-  UTC)
+  (epochs actually run), ``wall_time_s``, ``images_per_s`` (training throughput), ``device`` and
+  ``threads`` (where it ran), ``seed``, ``finished_at`` (ISO 8601, UTC, when the record was made)
 * architecture scalars: ``img_size``, ``in_chans``, ``num_classes``, ``qkv_bias``, ``act``,
   ``attn_scale``, ``drop_rate``, ``num_stages``
 * per-stage architecture: ``<field>_s<stage>`` for every field of `CvTConfig`'s
@@ -43,7 +43,7 @@ STATUSES: tuple[str, ...] = ("complete", "pruned", "infeasible", "diverged", "oo
 IDENTITY_COLUMNS: tuple[str, ...] = ("study", "trial", "backend", "status", "reason", "arch_id")
 METRIC_COLUMNS: tuple[str, ...] = (
     "params", "macs", "val_top1", "val_top5", "test_top1", "test_top5", "train_loss", "epochs",
-    "wall_time_s", "images_per_s", "seed", "finished_at",
+    "wall_time_s", "images_per_s", "device", "threads", "seed", "finished_at",
 )
 ARCH_SCALAR_COLUMNS: tuple[str, ...] = (
     "img_size", "in_chans", "num_classes", "qkv_bias", "act", "attn_scale", "drop_rate",
@@ -55,8 +55,8 @@ EPOCH_COLUMNS: tuple[str, ...] = (
     "study", "trial", "epoch", "train_loss", "val_top1", "val_top5", "lr", "time_s",
 )
 
-_INT_COLUMNS = ("trial", "params", "macs", "epochs", "seed", "num_stages", "img_size", "in_chans",
-                "num_classes")
+_INT_COLUMNS = ("trial", "params", "macs", "epochs", "threads", "seed", "num_stages", "img_size",
+                "in_chans", "num_classes")
 _INT_STAGE_FIELDS = ("embed_kernel", "embed_stride", "embed_padding", "embed_dim", "depth",
                      "num_heads", "qkv_kernel", "q_stride", "kv_stride")
 _BOOL_STAGE_FIELDS = ("pos_embed", "cls_token")
@@ -64,7 +64,8 @@ _FLOAT_COLUMNS = ("val_top1", "val_top5", "test_top1", "test_top5", "train_loss"
                   "images_per_s")
 # Result fields copied as they are (TrialResult attribute -> column).
 _RESULT_FIELDS = ("params", "macs", "val_top1", "val_top5", "test_top1", "test_top5",
-                  "train_loss", "epochs", "wall_time_s", "images_per_s", "seed", "error")
+                  "train_loss", "epochs", "wall_time_s", "images_per_s", "device", "threads",
+                  "seed", "error")
 
 
 class _HasToDict(Protocol):
