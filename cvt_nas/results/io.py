@@ -144,18 +144,24 @@ def _results_dir(path: str | Path) -> Path:
 
 
 def load(path: str | Path) -> pd.DataFrame:
-    """The trials table of a results directory (parquet when present, else CSV)."""
+    """The trials table of a results directory (parquet when present, else CSV).
+
+    Rows pass through `records_frame`, so columns and dtypes follow the schema whichever file
+    (or writer version) they came from.
+    """
     path = _results_dir(path)
     if (path / TRIALS_PARQUET).exists():
-        return pd.read_parquet(path / TRIALS_PARQUET)
-    return records_frame(pd.read_csv(path / TRIALS_CSV).to_dict("records"))
+        raw = pd.read_parquet(path / TRIALS_PARQUET)
+    else:
+        raw = pd.read_csv(path / TRIALS_CSV)
+    return records_frame(raw.to_dict("records"))
 
 
 def load_epochs(path: str | Path) -> pd.DataFrame:
     """The per-epoch table of a results directory (empty when it was never written)."""
     path = _results_dir(path)
     if (path / EPOCHS_PARQUET).exists():
-        return pd.read_parquet(path / EPOCHS_PARQUET)
+        return epochs_frame(pd.read_parquet(path / EPOCHS_PARQUET).to_dict("records"))
     return epochs_frame([])
 
 

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 
 from cvt_nas.config import BLOCK_FIELDS, STAGE_FIELDS, CvTConfig
@@ -238,45 +240,99 @@ def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """The trials DataFrame of a list of records, in schema order with stable dtypes.
 
     Every schema column is present even when all values are missing, so frames from different
-    backends have the same columns. Integer columns are nullable (``Int64``); a per-block column
-    that mixes numbers and ``"1,2,2,1"`` strings is stored as strings.
+    backends have the same columns. Dtypes follow the schema (nullable ``Int64`` integers,
+    ``float64`` metrics, nullable ``boolean`` flags, ``str`` text); other columns (``train.*``,
+    extras) get theirs from the Python types of their values, never from which rows happen to
+    be missing. A per-stage column holding a per-block string such as ``"1,2,2,1"`` is stored
+    as strings throughout.
     """
-    records = list(records)
-    df = pd.DataFrame.from_records(records) if records else pd.DataFrame()
-    df = df.reindex(columns=_order(df.columns))
-    for col in _INT_COLUMNS:
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
-    for col in _FLOAT_COLUMNS:
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
-    for col in df.columns:
-        if df[col].dtype == object and _mixed(df[col]):
-            df[col] = df[col].map(lambda v: None if _missing(v) else format_blocks(v))
-        base = col.rsplit("_s", 1)[0]
-        if base in _INT_STAGE_FIELDS and pd.api.types.is_numeric_dtype(df[col]):
-            df[col] = df[col].astype("Int64")
-        elif base in _BOOL_STAGE_FIELDS or col == "qkv_bias":
-            df[col] = df[col].astype("boolean")
-    return df
+    records = [dict(r) for r in records]
+    columns = _order(c for r in records for c in r)
+    data = {c: _typed([r.get(c) for r in records], _schema_kind(c)) for c in columns}
+    return pd.DataFrame(data, columns=columns, index=pd.RangeIndex(len(records)))
+
+
+_STR_COLUMNS = ("study", "backend", "status", "reason", "arch_id", "finished_at", "device", "act",
+                "attn_scale", "arch", "error")
+_KIND_BY_STAGE_FIELD = {
+    **dict.fromkeys(_INT_STAGE_FIELDS, "int"), **dict.fromkeys(_BOOL_STAGE_FIELDS, "bool"),
+    "mlp_ratio": "float", "drop_path": "float", "embed_type": "str", "proj_method": "str",
+}
+
+
+def _schema_kind(col: str) -> str | None:
+    if col in _INT_COLUMNS:
+        return "int"
+    if col in _FLOAT_COLUMNS or col == "drop_rate":
+        return "float"
+    if col in _STR_COLUMNS:
+        return "str"
+    if col == "qkv_bias":
+        return "bool"
+    base, _, stage = col.rpartition("_s")
+    return _KIND_BY_STAGE_FIELD.get(base) if stage.isdigit() else None
+
+
+def _infer_kind(present: list[Any]) -> str:
+    if not present:
+        return "object"
+    if all(isinstance(v, bool | np.bool_) for v in present):
+        return "bool"
+    if any(isinstance(v, bool | np.bool_) for v in present):
+        return "object"
+    if all(isinstance(v, numbers.Integral) for v in present):
+        return "int"
+    if all(isinstance(v, numbers.Real) for v in present):
+        return "float"
+    if all(isinstance(v, str) for v in present):
+        return "str"
+    return "object"
+
+
+def _typed(values: list[Any], kind: str | None) -> pd.Series:
+    missing = [_missing(v) for v in values]
+    present = [v for v, m in zip(values, missing, strict=True) if not m]
+    if any(isinstance(v, str) for v in present) and kind in ("int", "float", None):
+        kind = "str"  # per-block strings ("1,2,2,1") next to numbers
+    kind = kind or _infer_kind(present)
+    if kind == "int":
+        out = [None if m else int(v) for v, m in zip(values, missing, strict=True)]
+        return pd.Series(out, dtype="Int64")
+    if kind == "float":
+        return pd.Series([np.nan if m else float(v) for v, m in zip(values, missing, strict=True)],
+                         dtype="float64")
+    if kind == "bool":
+        out = [None if m else _as_bool(v) for v, m in zip(values, missing, strict=True)]
+        return pd.Series(out, dtype="boolean")
+    if kind == "str":
+        out = [None if m else (v if isinstance(v, str) else format_blocks(v))
+               for v, m in zip(values, missing, strict=True)]
+        return pd.Series(out, dtype="str")
+    return pd.Series([None if m else v for v, m in zip(values, missing, strict=True)],
+                     dtype=object)
+
+
+def _as_bool(v: Any) -> bool:
+    if isinstance(v, str):  # from a CSV written by another tool
+        return v.strip().lower() in ("true", "1", "yes")
+    return bool(v)
 
 
 def epochs_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """The long per-epoch DataFrame (``EPOCH_COLUMNS`` first, then any other reported metric)."""
-    rows = list(rows)
-    df = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
-    cols = [*EPOCH_COLUMNS, *(c for c in df.columns if c not in EPOCH_COLUMNS)]
-    df = df.reindex(columns=cols)
-    for col in ("trial", "epoch"):
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
-    return df
+    rows = [dict(r) for r in rows]
+    seen = dict.fromkeys(c for r in rows for c in r)
+    columns = [*EPOCH_COLUMNS, *(c for c in seen if c not in EPOCH_COLUMNS)]
+    kinds = {"study": "str", "trial": "int", "epoch": "int"}
+    data = {c: _typed([r.get(c) for r in rows], kinds.get(c, "float" if c in EPOCH_COLUMNS
+                                                          else None)) for c in columns}
+    return pd.DataFrame(data, columns=columns, index=pd.RangeIndex(len(rows)))
 
 
 def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def _mixed(series: pd.Series) -> bool:
-    kinds = {type(v) for v in series if not _missing(v)}
-    return str in kinds and len(kinds) > 1
+    if v is None or v is pd.NA:
+        return True
+    return isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral) and math.isnan(v)
 
 
 def block_columns(df: pd.DataFrame) -> list[str]:
