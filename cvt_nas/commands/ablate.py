@@ -1,0 +1,81 @@
+"""`cvt-nas ablate EXPERIMENT.yaml`: run a paper table's rows x seeds and write its table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cvt_nas.ablate import SCALES, load_experiment
+from cvt_nas.ablate_table import build_table, table_markdown, write_table
+from cvt_nas.commands._common import parse_set
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ablate", help="reproduce a CvT paper ablation table (experiments/*.yaml)",
+        description="Run the rows of an experiment YAML over seeds as a resumable Optuna grid "
+                    "study and write table.csv and table.md.",
+    )
+    p.add_argument("experiment", help="experiment YAML, e.g. experiments/table7_kv_stride.yaml")
+    p.add_argument("--scale", choices=SCALES, default="reduced",
+                   help="reduced (CPU, Fashion-MNIST; default) or paper (ImageNet recipe)")
+    p.add_argument("--seeds", type=int, help="seeds per row (default: the scale's)")
+    p.add_argument("--costs-only", action="store_true",
+                   help="only our exact params/MACs next to the paper's (no training)")
+    p.add_argument("--out", help="output folder (default: results/ablations/<name>)")
+    p.add_argument("--storage", help="Optuna storage URL or journal file (default: SQLite "
+                   "studies.db next to the output folder, shared by the tables)")
+    p.add_argument("--n-workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--threads", type=int, help="torch threads per worker")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="TrainConfig override for every run, e.g. --set epochs=1")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    exp = load_experiment(args.experiment)
+    out = Path(args.out or Path("results/ablations") / exp.name)
+    if args.costs_only:
+        table = build_table(exp, args.scale)
+        write_table(exp, args.scale, table, out)
+        print(table_markdown(exp, args.scale, table), end="")
+        return 0
+    if args.scale not in exp.scales:
+        raise ValueError(f"{exp.path}: no scale {args.scale!r}; it has {sorted(exp.scales)}")
+    seeds = args.seeds or exp.scales[args.scale].seeds
+    if seeds < 1 or args.n_workers < 1:
+        raise ValueError("--seeds and --n-workers must be >= 1")
+    from cvt_nas.ablate_run import default_storage, run_experiment
+    from cvt_nas.ablate_table import records_from_study
+    from cvt_nas.results import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    storage = args.storage or default_storage(out)
+    study = run_experiment(exp, args.scale, seeds, storage, n_workers=args.n_workers,
+                           threads=args.threads, train_overrides=parse_set(args.set))
+    records, epochs = records_from_study(study)
+    if not records.empty:
+        records = records[records["seed"] < seeds]
+    records.to_csv(out / "records.csv", index=False)
+    epochs.to_csv(out / "epochs.csv", index=False)
+    table = build_table(exp, args.scale, records)
+    write_table(exp, args.scale, table, out)
+    atomic_write_text(out / "command.txt", _command_line(args, storage) + "\n")
+    print(table_markdown(exp, args.scale, table), end="")
+    return 0
+
+
+def _command_line(args: argparse.Namespace, storage: str) -> str:
+    parts = ["cvt-nas ablate", args.experiment, f"--scale {args.scale}"]
+    if args.seeds:
+        parts.append(f"--seeds {args.seeds}")
+    if args.out:
+        parts.append(f"--out {args.out}")
+    if args.storage:
+        parts.append(f"--storage {args.storage}")
+    if args.n_workers != 1:
+        parts.append(f"--n-workers {args.n_workers}")
+    if args.threads:
+        parts.append(f"--threads {args.threads}")
+    parts += [f"--set {s}" for s in args.set or []]
+    return " ".join(parts)
