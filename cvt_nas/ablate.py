@@ -92,7 +92,7 @@ class Row:
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     by_scale: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    scales: tuple[str, ...] = SCALES
+    scales: tuple[str, ...] = ()  # empty: every scale of the file
     run: bool = True
     note: str = ""
     columns: dict[str, Any] = field(default_factory=dict)
@@ -100,7 +100,7 @@ class Row:
 
     def runs_at(self, scale: str) -> bool:
         """Whether the row is built and trained at ``scale`` (paper-only rows never are)."""
-        return self.run and scale in self.scales
+        return self.run and (not self.scales or scale in self.scales)
 
     def model_overrides(self, scale: str) -> dict[str, Any]:
         """`CvTConfig` overrides at ``scale``: the row's, then the scale-specific ones."""
@@ -209,7 +209,10 @@ def _load_scale(name: str, data: Any, path: str) -> Scale:
     metric = d.get("metric", "val_top1")
     if metric not in METRICS:
         raise ValueError(f"{path}: {where}.metric {metric!r}; allowed: {list(METRICS)}")
-    get_config(str(d["base"]))  # unknown preset -> ValueError naming the presets
+    try:
+        get_config(str(d["base"]))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {where}.base: {exc}") from None
     return Scale(name=name, base=str(d["base"]), recipe=str(d["recipe"]),
                  train=_mapping(d.get("train"), f"{where}.train", path), seeds=seeds,
                  metric=metric, notes=str(d.get("notes") or "").strip())
@@ -226,7 +229,7 @@ def _load_row(data: Any, index: int, path: str) -> Row:
         v = _check_keys(value, _BY_SCALE_KEYS, f"{where}.by_scale.{scale}", path)
         by_scale[scale] = {k: _mapping(v.get(k), f"{where}.by_scale.{scale}.{k}", path)
                            for k in ("model", "train")}
-    scales = tuple(d.get("scales") or SCALES)
+    scales = tuple(d.get("scales") or ())
     bad = [s for s in scales if s not in SCALES]
     if bad:
         raise ValueError(f"{path}: {where}.scales: unknown scale(s) {bad}; allowed: {list(SCALES)}")
@@ -291,6 +294,8 @@ def load_experiment(path: str | Path) -> Experiment:
     exp = Experiment(name=str(d["name"]), title=str(d["title"]), baseline=str(d["baseline"]),
                      scales=scales, rows=rows, source=str(d.get("source") or ""),
                      claim=str(d.get("claim") or "").strip(), columns=columns, path=where)
+    if exp.baseline not in letters:
+        raise ValueError(f"{where}: baseline: no row {exp.baseline!r}; rows are {letters}")
     base = exp.row(exp.baseline)
     if not base.run:
         raise ValueError(f"{where}: baseline row {base.row!r} is paper-only (run: false)")
@@ -305,7 +310,7 @@ def load_experiment(path: str | Path) -> Experiment:
 
 def row_cost(exp: Experiment, row: Row, scale: str = "paper") -> Cost | None:
     """Exact params/MACs of a row's architecture at ``scale`` (None for paper-only rows)."""
-    if not row.run or scale not in row.scales:
+    if scale not in exp.scales or not row.runs_at(scale):
         return None
     return analytic_cost(exp.model_config(row, scale))
 
