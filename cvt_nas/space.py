@@ -478,12 +478,15 @@ def _fmt(n: float) -> str:
 # -- loading ---------------------------------------------------------------------------------
 
 
-def load_space(path: str | Path, check: bool = True) -> SearchSpace:
+def load_space(path: str | Path, check: bool = True,
+               overrides: Mapping[str, Any] | None = None) -> SearchSpace:
     """Load and validate a space file (``yaml.safe_load``).
 
     Args:
         path: the YAML file.
         check: also prove the space satisfiable (a feasible config exists; see `analyze`).
+        overrides: dotted keys replacing parts of the file before validation, e.g.
+            ``{"train.epochs": 3, "constraints.max_macs": "30M", "search.trials": 20}``.
 
     Raises:
         SpaceError: unknown keys, bad ranges, invalid fixed values or an unsatisfiable space,
@@ -497,7 +500,26 @@ def load_space(path: str | Path, check: bool = True) -> SearchSpace:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SpaceError(f"{path}: not valid YAML: {exc}") from None
+    if overrides:
+        data = apply_overrides(data, overrides, str(path))
     return parse_space(data, source=str(path), default_name=path.stem, check=check)
+
+
+def apply_overrides(data: Any, overrides: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """A copy of a space dict with dotted keys (``train.epochs``) replaced."""
+    out = json.loads(json.dumps(data if isinstance(data, dict) else {}))
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        if parts[0] not in TOP_KEYS:
+            raise SpaceError(f"{source}: --set {dotted}: the key must start with one of "
+                             f"{list(TOP_KEYS)}, e.g. train.epochs=3")
+        node = out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return out
 
 
 def parse_space(data: Any, source: str = "space", default_name: str = "space",

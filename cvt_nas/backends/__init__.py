@@ -1,0 +1,1 @@
+"""Search backends: thin adapters from a search space to Optuna or Ray Tune."""

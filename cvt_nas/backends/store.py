@@ -1,0 +1,284 @@
+"""The Optuna study as the store of a search, whichever backend runs the trials.
+
+Both backends keep their trials in an Optuna study (the Ray backend through `OptunaSearch`), so
+resuming, counting, the progress line and the results tables work the same way for both. Each
+finished trial holds ``user_attrs["record"]`` and ``user_attrs["history"]`` (docs/CONTRACTS.md).
+
+Counting toward ``--trials N`` (the study's total): a trial counts once it holds a record
+(complete, pruned, failed, diverged, oom, infeasible) or while it runs. A trial that failed
+without a record (its process was killed) does not count; its parameters are retried once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+DEFAULT_DB = "study.db"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def default_storage_url(out_dir: str | Path) -> str:
+    """``sqlite:///<out_dir>/study.db``: the embedded default, nothing to start."""
+    return f"sqlite:///{Path(out_dir).resolve() / DEFAULT_DB}"
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password, for logs and study.yaml."""
+    if "://" in url and "@" in url.split("://", 1)[1]:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+def make_storage(url: str, heartbeat: int | None = 10) -> BaseStorage:
+    """An Optuna storage from a URL or a journal-file path.
+
+    ``*.journal`` / ``*.log`` paths (or ``journal:///path``) give a journal file; anything with
+    ``://`` is an RDB URL (``sqlite:///...``, ``postgresql+psycopg2://...``). RDB storages get
+    a heartbeat every ``heartbeat`` seconds: a trial whose process died is failed after three
+    missed beats and its parameters are retried once.
+
+    Raises:
+        ValueError: the storage cannot be opened, with the URL (password hidden) and a fix.
+    """
+    if url.startswith("journal://"):
+        url = url[len("journal://"):]
+    if "://" not in url:
+        if not url.endswith((".journal", ".log")):
+            raise ValueError(f"--storage {url!r}: give an Optuna URL (sqlite:///study.db, "
+                             "postgresql+psycopg2://user:pass@host/db) or a *.journal file")
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(url)))
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    if heartbeat:
+        kwargs.update(heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                      heartbeat_stale_trial_callback=retry_trial)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, **kwargs)
+    except Exception as exc:  # unreachable server, missing driver, bad URL
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot open Optuna storage {redact(url)}: {msg}; check the URL, that "
+                         "the database server runs and accepts this user, and that its driver "
+                         "is installed (pip install psycopg2-binary for PostgreSQL)") from None
+
+
+def open_study(storage: BaseStorage, name: str, objectives: dict[str, str],
+               sampler: optuna.samplers.BaseSampler | None = None,
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """Create the study or load it; an existing study must have the same objectives."""
+    directions = ["maximize" if d == "max" else "minimize" for d in objectives.values()]
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions,
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    stored = study.user_attrs.get("objectives")
+    if stored is None:
+        study.set_user_attr("objectives", list(objectives))
+    elif list(stored) != list(objectives):
+        raise ValueError(f"study {name!r} was created with objectives {stored}; re-run with "
+                         f"--objectives {','.join(stored)} or pick a new --study name")
+    return study
+
+
+def counts(t: FrozenTrial) -> bool:
+    """Does this trial count toward the study's total?"""
+    if t.user_attrs.get("surplus"):
+        return False
+    return t.state == TrialState.RUNNING or (t.state in FINISHED and "record" in t.user_attrs)
+
+
+@dataclass
+class Tally:
+    """Where a study stands."""
+
+    counted: int = 0  # finished with a record, or running
+    running: int = 0
+    statuses: Counter = field(default_factory=Counter)  # record status -> finished trials
+
+    @property
+    def done(self) -> int:
+        return self.counted - self.running
+
+
+def tally(study: optuna.Study) -> Tally:
+    """Count a study's trials (see the module docstring for what counts)."""
+    out = Tally()
+    for t in study.get_trials(deepcopy=False):
+        if not counts(t):
+            continue
+        out.counted += 1
+        if t.state == TrialState.RUNNING:
+            out.running += 1
+        else:
+            out.statuses[t.user_attrs["record"].get("status", "?")] += 1
+    return out
+
+
+def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a dead trial's parameters again (once), unless it already recorded a result."""
+    if "record" in trial.user_attrs or trial.system_attrs.get("retry_history"):
+        return
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        system_attrs={"failed_trial": trial.number, "retry_history": [trial.number]}))
+
+
+def _alive(tag: str) -> bool:
+    """Is the worker ``host:pid:start`` (from `cvt_nas.search.worker_tag`) still running?"""
+    host, _, rest = tag.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's worker: only its heartbeat can tell
+    if not Path("/proc").is_dir():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            now = fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return False
+    return not start or now == start  # a different start time: the pid was reused
+
+
+def fail_dead_trials(study: optuna.Study, only_local: bool = True) -> list[int]:
+    """Fail RUNNING trials whose worker process is gone and retry their parameters once.
+
+    With ``only_local`` a trial is failed only when its worker ran on this machine and is no
+    longer alive (other machines' trials are left to the RDB heartbeat); without it every
+    RUNNING or WAITING trial is failed (for a backend that is the study's only driver).
+    """
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        tag = t.user_attrs.get("worker")
+        if only_local and (t.state != TrialState.RUNNING or tag is None or _alive(tag)):
+            continue
+        try:
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        except Exception:  # noqa: BLE001 - finished meanwhile by its own process
+            continue
+        failed.append(t.number)
+        if t.state == TrialState.RUNNING:
+            retry_trial(study, t)
+    return failed
+
+
+def collect(study: optuna.Study) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The records and per-epoch rows of every finished trial that holds a record."""
+    from cvt_nas.results import history_rows
+
+    records, epochs = [], []
+    for t in study.get_trials(deepcopy=False, states=FINISHED):
+        record = t.user_attrs.get("record")
+        if not isinstance(record, dict) or t.user_attrs.get("surplus"):
+            continue
+        records.append(record)
+        epochs += history_rows(record["study"], record["trial"], t.user_attrs.get("history"))
+    records.sort(key=lambda r: r["trial"])
+    return records, epochs
+
+
+def write_results(study: optuna.Study, out_dir: str | Path, objectives: dict[str, str],
+                  meta: dict[str, Any]) -> Path | None:
+    """Write ``out_dir`` (trials, epochs, Pareto table, study.yaml) from the study's records."""
+    from cvt_nas.results import write_outputs
+
+    records, epochs = collect(study)
+    if not records:
+        return None
+    return write_outputs(out_dir, records, epochs, objectives, meta)
+
+
+def front_summary(records: list[dict[str, Any]], objectives: dict[str, str], limit: int = 3
+                  ) -> str:
+    """A few points of the current Pareto front, e.g. ``81.2%/12.3M macs``."""
+    from cvt_nas.results import pareto_front, records_frame
+
+    done = [r for r in records if r.get("status") == "complete"]
+    if not done:
+        return "no complete trial yet"
+    front = pareto_front(records_frame(done), objectives)
+    parts = []
+    for _, row in front.head(limit).iterrows():
+        parts.append("/".join(_short(name, row[name]) for name in objectives))
+    more = f" (+{len(front) - limit})" if len(front) > limit else ""
+    return "front " + ", ".join(parts) + more
+
+
+def _short(name: str, value: Any) -> str:
+    if name == "val_top1":
+        return f"{value:.1f}%"
+    if name == "latency":
+        return f"{value:.1f}ms"
+    scale = next((s for s in ((1e9, "G"), (1e6, "M"), (1e3, "k")) if abs(value) >= s[0]),
+                 (1, ""))
+    return f"{value / scale[0]:.3g}{scale[1]} {name}"
+
+
+class Progress:
+    """A background thread printing a one-line status to stderr and refreshing the results."""
+
+    def __init__(self, storage_url: str, study: str, total: int, objectives: dict[str, str],
+                 out_dir: str | Path, meta: dict[str, Any], every: float = 5.0,
+                 write_every: float = 60.0, show: bool = True) -> None:
+        self.url, self.name, self.total = storage_url, study, total
+        self.objectives, self.out_dir, self.meta = objectives, out_dir, meta
+        self.every, self.write_every, self.show = every, write_every, show
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._last = ""
+
+    def __enter__(self) -> Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def line(self, study: optuna.Study) -> str:
+        t = tally(study)
+        records, _ = collect(study)
+        status = ", ".join(f"{k} {v}" for k, v in sorted(t.statuses.items())) or "none yet"
+        return (f"[{self.name}] {t.done}/{self.total} done ({status}), {t.running} running | "
+                f"{front_summary(records, self.objectives)}")
+
+    def _run(self) -> None:
+        study = optuna.load_study(study_name=self.name,
+                                  storage=make_storage(self.url, heartbeat=None))
+        last_write = time.monotonic()
+        while not self._stop.wait(self.every):
+            try:
+                text = self.line(study)
+                if self.show and text != self._last:
+                    print(text, file=sys.stderr, flush=True)
+                    self._last = text
+                if time.monotonic() - last_write > self.write_every:
+                    write_results(study, self.out_dir, self.objectives, self.meta)
+                    last_write = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - a status line must never stop a search
+                print(f"[{self.name}] progress: {exc}", file=sys.stderr, flush=True)

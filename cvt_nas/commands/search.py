@@ -1,0 +1,141 @@
+"""`cvt-nas search SPACE.yaml`: run (or resume) an architecture search, Optuna or Ray Tune."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from cvt_nas.commands._common import parse_set
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search", help="search a space of CvTs (YAML) with Optuna or Ray Tune",
+        description="Run a search over a space file (search_spaces/*.yaml). Re-running the same "
+                    "command continues the study; --trials is the study's total.")
+    p.add_argument("space", help="search-space YAML, e.g. search_spaces/cvt_micro.yaml")
+    p.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
+    p.add_argument("--trials", type=int, help="the study's total number of trials "
+                   "(default: the space's search.trials, else 10)")
+    p.add_argument("--study", help="study name (default: the space's name)")
+    p.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql+psycopg2://"
+                   "...) or a *.journal file; default: sqlite in the results directory")
+    p.add_argument("--out", help="results directory (default: results/<study>)")
+    p.add_argument("--objectives", help="comma list, e.g. val_top1:max,macs:min,latency:min")
+    p.add_argument("--sampler", choices=("nsga2", "tpe", "random", "grid"))
+    p.add_argument("--pruner", choices=("none", "median", "sha", "hyperband", "pareto-sha",
+                                        "asha"),
+                   help="early stopping: median/sha/hyperband (optuna, single objective), "
+                        "pareto-sha (optuna, any), asha (ray, on val_top1)")
+    p.add_argument("--seed", type=int, help="sampler seed (worker i uses seed + i)")
+    p.add_argument("--population-size", type=int, help="NSGA-II population")
+    p.add_argument("--n-workers", type=int, default=1,
+                   help="local worker processes on the study (optuna backend)")
+    p.add_argument("--threads", type=int,
+                   help="torch threads per trial (default: CPU cores // workers)")
+    p.add_argument("--device", help="override train.device (cpu, cuda, cuda:1, auto)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override part of the space, e.g. train.epochs=3, "
+                        "constraints.max_macs=30M, search.trials=20 (repeatable)")
+    p.add_argument("--heartbeat", type=int, default=10,
+                   help="seconds between RDB heartbeats (0: off); a dead worker's trial is "
+                        "failed and retried after three missed beats")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="ray: CPUs per trial")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="ray: GPUs per trial (fractions share a GPU)")
+    p.add_argument("--address", help="ray: join this cluster (host:port from `ray start "
+                   "--head`); default: start a local Ray on 127.0.0.1")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--dry-run", action="store_true",
+                   help="only load the space and print what it holds (no training)")
+    p.set_defaults(func=run)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def run(args: argparse.Namespace) -> int:
+    from cvt_nas.search import TrialSettings
+    from cvt_nas.space import analyze, load_space, parse_objectives
+
+    space = load_space(args.space, overrides=parse_set(args.set))
+    defaults = space.search
+    study = args.study or space.name
+    out = Path(args.out or Path("results") / study)
+    objectives = (parse_objectives(args.objectives) if args.objectives
+                  else defaults.get("objectives") or {"val_top1": "max", "macs": "min"})
+    trials = args.trials or defaults.get("trials", 10)
+    sampler = args.sampler or defaults.get("sampler", "nsga2")
+    pruner = args.pruner or defaults.get("pruner", "none")
+    seed = args.seed if args.seed is not None else defaults.get("seed")
+    if args.n_workers < 1 or trials < 1:
+        raise ValueError("--n-workers and --trials must be >= 1")
+    if args.dry_run:
+        _describe(space, analyze(space), trials, objectives)
+        return 0
+    threads = args.threads or max(1, _cpus() // args.n_workers)
+    if args.backend == "ray":
+        threads = args.threads or max(1, int(args.cpus_per_trial))
+    settings = TrialSettings(study=study, backend=args.backend, objectives=dict(objectives),
+                             device=args.device, threads=threads)
+    from cvt_nas.backends import store
+    from cvt_nas.backends.optuna_backend import SearchRun
+
+    url = args.storage or store.default_storage_url(out)
+    search = SearchRun(space=space, settings=settings, storage_url=url, trials=trials,
+                       sampler=sampler, pruner=pruner, seed=seed,
+                       population_size=args.population_size or defaults.get("population_size"),
+                       heartbeat=args.heartbeat or None)
+    meta: dict[str, Any] = {
+        "space_file": str(args.space), "space": space.raw,
+        "settings": {"backend": args.backend, "trials": trials, "sampler": sampler,
+                     "pruner": pruner, "seed": seed, "storage": store.redact(url),
+                     "n_workers": args.n_workers, "threads": threads, "device": args.device,
+                     "overrides": parse_set(args.set)},
+    }
+    print(f"cvt-nas search: study {study!r} ({args.backend}, {sampler}, pruner {pruner}), "
+          f"{trials} trials, objectives {objectives}, storage {store.redact(url)}",
+          file=sys.stderr)
+    if args.backend == "ray":
+        from cvt_nas.backends.ray_backend import RayOptions, run_ray
+
+        run_ray(search, RayOptions(cpus_per_trial=args.cpus_per_trial,
+                                   gpus_per_trial=args.gpus_per_trial, address=args.address),
+                out, meta, progress=not args.quiet)
+    else:
+        if args.address:
+            raise ValueError("--address is for --backend ray; the optuna backend shares a "
+                             "study through --storage")
+        from cvt_nas.backends.optuna_backend import run_search
+
+        run_search(search, args.n_workers, out, meta, progress=not args.quiet)
+    _summary(out, study)
+    return 0
+
+
+def _describe(space: Any, report: Any, trials: int, objectives: dict[str, str]) -> None:
+    sampled = sorted(space.random(0).params)
+    size = space.size()
+    print(f"space {space.name} ({space.source}): {len(sampled)} sampled parameters, "
+          f"{'a continuous space' if size is None else f'{size:,} combinations'}, "
+          f"img_size {space.img_size}")
+    print(f"  params {report.params_range[0]:,} - {report.params_range[1]:,}, "
+          f"MACs {report.macs_range[0]:,} - {report.macs_range[1]:,}")
+    print(f"  budget {space.budget}")
+    print(f"  of {report.n_random} random draws: {report.n_invalid} invalid, "
+          f"{report.n_infeasible} over budget or breaking a rule")
+    print(f"  would run {trials} trials for {objectives}")
+
+
+def _summary(out: Path, study: str) -> None:
+    pareto = out / "pareto.md"
+    if pareto.exists():
+        print(pareto.read_text().rstrip())
+    print(f"results: {out}/ (trials.csv, pareto.csv, pareto.md, pareto.png, study.yaml)")
