@@ -40,7 +40,9 @@ _IGNORED_NORMS = ("aten::batch_norm", "aten::layer_norm", "aten::group_norm", "a
 
 def fvcore_cost(model: nn.Module, img_size: int, in_chans: int | None = None) -> Cost:
     """Params and MACs of ``model`` on one image, counted by fvcore's FlopCountAnalysis."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fvcore's import warns about torch.jit.script
+        from fvcore.nn import FlopCountAnalysis
 
     cfg = getattr(model, "cfg", None)
     chans = in_chans if in_chans is not None else (cfg.in_chans if cfg is not None else 3)

@@ -32,9 +32,9 @@ class ConvEmbed(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        x = self.proj(x)  # (B, C, H, W)
+        x = self.proj(x.contiguous(memory_format=torch.channels_last))  # (B, C, H, W), NHWC
         _, _, h, w = x.shape
-        x = x.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        x = x.flatten(2).transpose(1, 2)  # (B, H*W, C), a view: no copy for NHWC memory
         return self.norm(x), h, w
 
 
@@ -49,8 +49,8 @@ class ConvProj(nn.Module):
         self.bn = nn.BatchNorm2d(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bn(self.conv(x))  # (B, C, h, w)
-        return x.flatten(2).transpose(1, 2)  # (B, h*w, C)
+        x = self.bn(self.conv(x))  # (B, C, h, w), NHWC memory
+        return x.flatten(2).transpose(1, 2)  # (B, h*w, C), a view
 
 
 class AvgProj(nn.Module):
@@ -110,7 +110,7 @@ class Attention(nn.Module):
         if self.with_cls_token:
             cls, x = x[:, :1], x[:, 1:]  # (B, 1, C), (B, H*W, C)
         b, n, c = x.shape
-        grid = x.transpose(1, 2).reshape(b, c, h, w)  # (B, C, H, W)
+        grid = x.reshape(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, H, W), NHWC memory, no copy
         q = self.conv_proj_q(grid) if self.conv_proj_q is not None else x  # (B, Nq, C)
         k = self.conv_proj_k(grid) if self.conv_proj_k is not None else x  # (B, Nkv, C)
         v = self.conv_proj_v(grid) if self.conv_proj_v is not None else x  # (B, Nkv, C)

@@ -63,7 +63,7 @@ class Stage(nn.Module):
             x = blk(x, h, w)
         if self.cls_token is not None:
             cls, x = x[:, :1], x[:, 1:]  # (B, 1, C), (B, H*W, C)
-        x = x.transpose(1, 2).reshape(x.shape[0], -1, h, w)  # (B, C, H, W)
+        x = x.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2)  # (B, C, H, W), NHWC memory
         return x, cls
 
 
