@@ -31,7 +31,7 @@ Report = Callable[[int, dict[str, Any]], None]
 LATENCY_UNKNOWN = math.inf
 
 __all__ = [
-    "Gate", "LATENCY_UNKNOWN", "Outcome", "TrialSettings", "evaluate", "gate",
+    "Gate", "LATENCY_UNKNOWN", "Outcome", "TrialSettings", "evaluate", "gate", "preflight",
     "measure_latency", "objective_values", "parse_objectives", "record_extra", "worker_tag",
 ]
 
@@ -128,6 +128,15 @@ def gate(space: SearchSpace, sample: Sample, settings: TrialSettings) -> Gate:
     except ValueError:
         return Gate(model, train, None, None, violations)
     return Gate(model, train, cost.params, cost.macs, violations)
+
+
+def preflight(space: SearchSpace, settings: TrialSettings) -> Gate:
+    """Gate one sample before a search starts, so a missing dataset fails at once.
+
+    Raises:
+        FileNotFoundError: the space's dataset is not where it says.
+    """
+    return gate(space, space.random(0), settings)
 
 
 def measure_latency(cfg: CvTConfig, device: str = "cpu", batch_size: int = 1,

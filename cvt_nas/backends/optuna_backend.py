@@ -225,6 +225,7 @@ def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[s
         if size is not None and run.trials > size:
             raise SpaceError(f"--trials {run.trials}: the grid has only {size} points")
     make_pruner(run)  # validate before starting anything
+    make_sampler(run, run.seed)
     storage = store.make_storage(run.storage_url, run.heartbeat)
     study = store.open_study(storage, run.settings.study, run.settings.objectives)
     store.fail_dead_trials(study)

@@ -87,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
                              device=args.device, threads=threads)
     from cvt_nas.backends import store
     from cvt_nas.backends.optuna_backend import SearchRun
+    from cvt_nas.search import preflight
+
+    preflight(space, settings)
 
     url = args.storage or store.default_storage_url(out)
     search = SearchRun(space=space, settings=settings, storage_url=url, trials=trials,

@@ -1,0 +1,207 @@
+"""`cvt-nas search` on the Optuna backend: a real tiny search, the budget gate, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from cvt_nas.backends import store
+from cvt_nas.backends.optuna_backend import SearchRun, make_pruner
+from cvt_nas.backends.rungs import promotable, rung_epochs
+from cvt_nas.cli import main
+from cvt_nas.config import CvTConfig
+from cvt_nas.cost import analytic_cost
+from cvt_nas.search import TrialSettings
+from cvt_nas.space import load_space
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "data" / "tiny_space.yaml"
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def search(out: Path, *extra: str) -> int:
+    return main(["search", str(TINY), "--out", str(out), "--threads", "1", "--quiet", *extra])
+
+
+def load_study(url: str, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=store.make_storage(url, heartbeat=None))
+
+
+def test_search_gates_the_budget_records_every_trial_and_resumes_to_the_total(
+        tmp_path: Path) -> None:
+    out = tmp_path / "tiny"
+    # Random draws with seed 2 give feasible, infeasible, feasible, infeasible under 60k params.
+    assert search(out, "--trials", "4", "--sampler", "random", "--seed", "2") == 0
+    trials = pd.read_csv(out / "trials.csv")
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    assert list(trials["trial"]) == [0, 1, 2, 3]
+    assert list(trials["status"]) == ["complete", "infeasible", "complete", "infeasible"]
+    for _, row in trials.iterrows():
+        cfg = CvTConfig.from_dict(json.loads(row["arch"]))
+        cost = analytic_cost(cfg)
+        assert (row["params"], row["macs"]) == (cost.params, cost.macs)
+        assert cfg.in_chans == 1 and cfg.num_classes == 10 and cfg.img_size == 32
+        assert load_space(TINY).build(json.loads(row["params_sampled"])).arch_id == row["arch_id"]
+        if row["status"] == "infeasible":  # never trained: no epochs, no time, the reason given
+            assert row["params"] > 60_000 and row["epochs"] == 0
+            assert np.isnan(row["wall_time_s"]) and np.isnan(row["val_top1"])
+            assert row["reason"] == f"params {row['params'] / 1e3:.4g}k > max_params 60k"
+            assert row["constraint_violation"] == pytest.approx(row["params"] / 60_000 - 1)
+            assert row["trial"] not in set(epochs["trial"])
+        else:
+            assert row["params"] <= 60_000 and row["epochs"] == 1 and 0 <= row["val_top1"] <= 100
+            assert row["constraint_violation"] == 0
+    assert sorted(epochs["trial"]) == [0, 2]
+    study = load_study(store.default_storage_url(out))
+    for t in study.trials:  # the sampler saw every verdict as a constraint, before training
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        assert (t.constraints["budget"] > 0) == (t.user_attrs["record"]["status"] == "infeasible")
+        if t.user_attrs["record"]["status"] == "infeasible":
+            assert t.values == [0.0, t.user_attrs["record"]["macs"]]
+    meta = yaml.safe_load((out / "study.yaml").read_text())
+    assert meta["objectives"] == {"val_top1": "max", "macs": "min"}
+    assert meta["settings"]["sampler"] == "random" and meta["status_counts"]["infeasible"] == 2
+    front = pd.read_csv(out / "pareto.csv")
+    assert set(front["trial"]) <= {0, 2} and len(front) >= 1
+
+    # Same command, --trials 5: the study's total. One more trial; the first four are untouched.
+    assert search(out, "--trials", "5", "--sampler", "random", "--seed", "2") == 0
+    again = pd.read_csv(out / "trials.csv")
+    assert list(again["trial"]) == [0, 1, 2, 3, 4]
+    cols = ["status", "val_top1", "wall_time_s", "finished_at"]
+    pd.testing.assert_frame_equal(again[cols].iloc[:4], trials[cols])
+    assert search(out, "--trials", "5") == 0  # already full: nothing runs
+    assert len(load_study(store.default_storage_url(out)).trials) == 5
+
+
+def test_a_killed_search_resumes_without_retraining_or_losing_trials(tmp_path: Path) -> None:
+    """Journal storage (no heartbeat): the dead worker's trial is failed and retried on restart."""
+    out, journal = tmp_path / "tiny", tmp_path / "tiny.journal"
+    args = ["search", str(TINY), "--out", str(out), "--storage", str(journal), "--trials", "3",
+            "--sampler", "random", "--seed", "0", "--threads", "1", "--quiet",
+            "--set", "constraints.max_params=1M"]
+    log = tmp_path / "killed.log"
+    proc = subprocess.Popen([sys.executable, "-m", "cvt_nas.cli", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    killed = None
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if journal.exists():
+                trials = load_study(str(journal)).trials
+                done = [t for t in trials if "record" in t.user_attrs]
+                running = [t for t in trials if t.state.name == "RUNNING" and t.params]
+                if done and running:
+                    killed = running[0]
+                    break
+            time.sleep(0.5)
+        assert killed is not None, log.read_text()
+        first = done[0].user_attrs["record"]
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert main(args) == 0  # the same command again
+    study = load_study(str(journal))
+    records = [t.user_attrs["record"] for t in study.trials if "record" in t.user_attrs]
+    assert sorted(r["trial"] for r in records) == sorted({r["trial"] for r in records})
+    assert len(records) == 3 and all(r["status"] == "complete" for r in records)
+    zombie = study.trials[killed.number]
+    assert zombie.state.name == "FAIL" and "record" not in zombie.user_attrs
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retry) == 1 and retry[0].params == killed.params and "record" in retry[0].user_attrs
+    kept = next(r for r in records if r["trial"] == first["trial"])
+    assert kept["finished_at"] == first["finished_at"]  # never retrained
+    table = pd.read_csv(out / "trials.csv")
+    assert sorted(table["trial"]) == sorted(r["trial"] for r in records)
+
+
+def test_constraints_from_the_budget_gate_steer_nsga2_and_tpe_away_from_infeasible_configs(
+) -> None:
+    """No training here: maximize params, minimize MACs on CvT-13-NAS under its 4.6 G budget."""
+    space = load_space(ROOT / "search_spaces" / "cvt13_nas.yaml")
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        sample = space.sample(trial)
+        trial.set_constraint("budget", sum(v.amount for v in space.violations(sample)))
+        cost = space.cost(sample.model)
+        return [cost.params, cost.macs]
+
+    late = {}
+    for name, sampler in (("random", optuna.samplers.RandomSampler(seed=0)),
+                          ("tpe", optuna.samplers.TPESampler(seed=0, n_startup_trials=10)),
+                          ("nsga2", optuna.samplers.NSGAIISampler(seed=0, population_size=10))):
+        study = optuna.create_study(sampler=sampler, directions=["maximize", "minimize"])
+        study.optimize(objective, n_trials=80)
+        late[name] = sum(any(v > 0 for v in t.constraints.values()) for t in study.trials[40:])
+    assert late["random"] >= 15  # ~60% of this space is over budget
+    assert late["tpe"] <= late["random"] / 2 and late["nsga2"] <= late["random"] / 2
+
+
+def test_pareto_successive_halving_promotes_the_best_ranks_by_brute_force() -> None:
+    assert rung_epochs(30, 1, 3) == [1, 3, 9, 27] and rung_epochs(3) == [1] and rung_epochs(1) == []
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, m = int(rng.integers(1, 12)), int(rng.integers(1, 4))
+        pts = rng.integers(0, 4, size=(n, m)).astype(float)  # small ints: many ties
+        # brute force: rank = 1 + length of the longest chain of dominators
+        dom = [[bool((pts[j] <= pts[i]).all() and (pts[j] < pts[i]).any()) for j in range(n)]
+               for i in range(n)]
+        rank = [0] * n
+        for _ in range(n):
+            rank = [1 + max((rank[j] for j in range(n) if dom[i][j]), default=0)
+                    for i in range(n)]
+        keep = max(1, n // 3)
+        threshold = sorted(rank)[keep - 1]
+        assert promotable(pts[-1], pts[:-1], 3) == (rank[-1] <= threshold)
+    # a cheap model behind in accuracy still goes on (its cost keeps it on the front)
+    assert promotable((-50.0, 1.0), [(-80.0, 9.0), (-70.0, 8.0), (-60.0, 7.0)], 3)
+    assert not promotable((-50.0, 10.0), [(-80.0, 9.0), (-70.0, 8.0), (-60.0, 7.0)], 3)
+
+
+def test_pruners_that_cannot_work_are_refused_with_the_alternative() -> None:
+    space = load_space(TINY)
+
+    def run(objectives: dict[str, str], pruner: str) -> SearchRun:
+        return SearchRun(space=space, settings=TrialSettings("t", "optuna", objectives),
+                         storage_url="sqlite://", trials=2, pruner=pruner)
+
+    with pytest.raises(ValueError, match="cannot prune multi-objective.*pareto-sha"):
+        make_pruner(run({"val_top1": "max", "macs": "min"}, "median"))
+    with pytest.raises(ValueError, match="needs the val_top1 objective"):
+        make_pruner(run({"macs": "min"}, "sha"))
+    with pytest.raises(ValueError, match="asha is the Ray backend's"):
+        make_pruner(run({"val_top1": "max"}, "asha"))
+    assert isinstance(make_pruner(run({"val_top1": "max"}, "hyperband")),
+                      optuna.pruners.HyperbandPruner)
+
+
+def test_command_line_errors_are_one_clear_line(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    nas = ROOT / "search_spaces" / "cvt13_nas.yaml"
+    assert main(["search", str(nas), "--out", str(tmp_path / "a"), "--trials", "1"]) == 2
+    assert "/data/imagenet/train is not a directory" in capsys.readouterr().err
+    bad = ["search", str(TINY), "--out", str(tmp_path / "b"), "--quiet"]
+    assert main([*bad, "--storage", "postgresql+psycopg2://u:secret@127.0.0.1:9/db"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open Optuna storage postgresql+psycopg2://u:***@127.0.0.1:9/db" in err
+    assert "secret" not in err
+    assert main([*bad, "--storage", "study.txt"]) == 2
+    assert "give an Optuna URL" in capsys.readouterr().err
+    assert main([*bad, "--set", "train.epochs=0"]) == 2
+    assert "tiny_space.yaml: train.epochs: recipe 'reduced': field 'epochs': must be an integer" \
+        in capsys.readouterr().err
+    assert main([*bad, "--sampler", "grid"]) == 2
+    assert "train.lr: grid search needs a finite set" in capsys.readouterr().err
+    assert main(["search", str(TINY), "--dry-run"]) == 0
+    assert "params 22,778 - 94,026" in capsys.readouterr().out
