@@ -154,3 +154,16 @@ def test_both_backends_give_identical_columns_and_dtypes(optuna_tables, ray_tabl
 def test_ray_import_of_a_non_experiment_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a Ray Tune experiment directory"):
         from_ray(tmp_path)
+
+
+def test_ray_trial_number_of_a_crashed_trial_comes_from_its_folder(tmp_path):
+    """Ray's 5-character trial hash may be all digits; the index is the 5 digits after it."""
+    exp = tmp_path / "exp"
+    crashed = exp / "trainable_12345_00004_4_i=4_2026-11-25_12-52-32"
+    crashed.mkdir(parents=True)
+    (crashed / "result.json").write_text("")
+    (crashed / "params.json").write_text('{"i": 4}')
+    (crashed / "error.txt").write_text("Traceback ...\nRuntimeError: out of disk\n")
+    trials = from_ray(exp).trials
+    assert trials[["trial", "status", "error"]].to_dict("records") == [
+        {"trial": 4, "status": "failed", "error": "RuntimeError: out of disk"}]

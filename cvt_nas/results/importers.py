@@ -94,7 +94,10 @@ def from_optuna(storage: str, study_name: str | None = None) -> StudyTables:
     return StudyTables(records_frame(records), epochs_frame(epochs))
 
 
+# Ray names a trial ``<hash5>_<index05>`` and its folder ``<trainable>_<hash5>_<index05>_<tag>``;
+# the hash is hex and may be all digits, so the index is the 5 digits that follow it.
 _TRIAL_INDEX = re.compile(r"_(\d+)$")
+_DIR_INDEX = re.compile(r"_[0-9a-f]{5}_(\d{5})_")
 
 
 def _read_results(path: Path) -> list[dict[str, Any]]:
@@ -139,7 +142,7 @@ def from_ray(experiment_dir: str | Path) -> StudyTables:
             epochs += history_rows(str(record.get("study", study)), int(record["trial"]), history)
             continue
         trial_id = str(reports[-1].get("trial_id", tdir.name)) if reports else tdir.name
-        match = _TRIAL_INDEX.search(trial_id) or re.search(r"_(\d{5})_", tdir.name)
+        match = _TRIAL_INDEX.search(trial_id) or _DIR_INDEX.search(tdir.name)
         error_file = tdir / "error.txt"
         error = error_file.read_text(errors="replace").strip().splitlines()[-1:] \
             if error_file.exists() else []
