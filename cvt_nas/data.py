@@ -378,6 +378,13 @@ class TrialData:
         else:
             self._init_folders(self.data)
 
+    def test_indices(self, labels: torch.Tensor) -> torch.Tensor:
+        """Indices of the test images evaluated: all, or a stratified ``test_subset``."""
+        if self.cfg.test_subset is None or self.cfg.test_subset >= len(labels):
+            return torch.arange(len(labels))
+        order = balanced_order(labels, self.cfg.split_seed)
+        return torch.sort(order[: self.cfg.test_subset]).values
+
     @property
     def steps_per_epoch(self) -> int:
         n, b = self.num_train, self.cfg.batch_size
@@ -393,8 +400,11 @@ class TrialData:
         y = data.train_y.to(self.device)
         idx_train, idx_val = self.train_idx.to(self.device), self.val_idx.to(self.device)
         self._train = (x[idx_train], y[idx_train])
-        self._splits = {"val": (x[idx_val], y[idx_val]),
-                        "test": (data.test_x.to(self.device), data.test_y.to(self.device))}
+        test = self.test_indices(data.test_y)
+        self._splits = {
+            "val": (x[idx_val], y[idx_val]),
+            "test": (data.test_x[test].to(self.device), data.test_y[test].to(self.device)),
+        }
         self.augment = TensorAugment(
             img_size=size, resize=cfg.resize, mean=data.info.mean, std=data.info.std,
             repeat_channels=cfg.channels == "repeat" and data.info.channels == 1,
@@ -440,12 +450,14 @@ class TrialData:
             re_prob=cfg.random_erasing, re_mode="pixel", **common,
         )
         eval_tf = create_transform(is_training=False, crop_pct=0.875, **common)
+        test = ImageFolder(str(data.test_dir), eval_tf)
+        test_idx = self.test_indices(torch.tensor(test.targets)).tolist()
         self._folders = {
             "train": torch.utils.data.Subset(ImageFolder(str(data.train_dir), train_tf),
                                              self.train_idx.tolist()),
             "val": torch.utils.data.Subset(ImageFolder(str(data.train_dir), eval_tf),
                                            self.val_idx.tolist()),
-            "test": ImageFolder(str(data.test_dir), eval_tf),
+            "test": torch.utils.data.Subset(test, test_idx),
         }
 
     def _loader(self, split: str, batch: int, **kw: Any) -> torch.utils.data.DataLoader:

@@ -47,6 +47,7 @@ class TrainConfig:
         split_seed: seed of the validation split and of ``train_subset``.
         train_subset: train on this many images of the training split (None = all).
         eval_test: also evaluate the test set after the last epoch (reported apart).
+        test_subset: evaluate only this many test images (stratified; None = all), for smoke runs.
         epochs, batch_size: the schedule length and the training batch.
         eval_batch_size: batch for evaluation (None = 2 x batch_size).
         lr, min_lr: AdamW peak and final learning rate (cosine decay per step).
@@ -79,6 +80,7 @@ class TrainConfig:
     split_seed: int = 0
     train_subset: int | None = None
     eval_test: bool = False
+    test_subset: int | None = None
     epochs: int = 10
     batch_size: int = 128
     eval_batch_size: int | None = None
@@ -240,7 +242,8 @@ def _validate(c: TrainConfig) -> None:
             _fail(name, getattr(c, name), "must be true or false")
     for name, lo, optional in (
         ("img_size", 1, True), ("epochs", 1, False), ("batch_size", 1, False),
-        ("eval_batch_size", 1, True), ("train_subset", 1, True), ("shift", 0, False),
+        ("eval_batch_size", 1, True), ("train_subset", 1, True), ("test_subset", 1, True),
+        ("shift", 0, False),
         ("threads", 0, True), ("num_workers", 0, False), ("seed", 0, False),
         ("split_seed", 0, False),
     ):

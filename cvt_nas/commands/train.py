@@ -1,0 +1,197 @@
+"""`cvt-nas train`: train one CvT with a recipe and write its result as a JSON record.
+
+The model is a preset (``--model cvt_micro``) or a YAML file (``--config run.yaml``) holding either
+CvTConfig fields, or ``model:`` (a preset name, ``{preset: NAME, ...overrides}`` or CvTConfig
+fields), ``train:`` (TrainConfig fields) and ``recipe:``. Precedence, lowest first: recipe, the
+file's ``train:``, ``--dataset``/``--epochs``/..., ``--set``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cvt_nas.commands._common import parse_set
+from cvt_nas.config import CvTConfig
+from cvt_nas.presets import get_config
+from cvt_nas.train_config import RECIPES, TrainConfig, field_names, get_recipe
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one model and write a JSON record of the result")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", metavar="PRESET", help="preset name (see `cvt-nas models`)")
+    src.add_argument("--config", metavar="FILE.yaml", help="model (and training) config file")
+    p.add_argument("--recipe", choices=list(RECIPES), help="training recipe (default: reduced)")
+    p.add_argument("--dataset", help="fashion-mnist (default), mnist, cifar10, cifar100, "
+                   "imagefolder:PATH")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, help="torch threads (default: leave as is)")
+    p.add_argument("--data-root", help="torchvision-style data root (default: $CVT_NAS_DATA)")
+    p.add_argument("--download", action="store_true", help="download missing data (torchvision)")
+    p.add_argument("--eval-test", action="store_true", help="evaluate the test set at the end")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a TrainConfig or CvTConfig field (prefix model. or train. "
+                        "to disambiguate), e.g. --set depth=[1,1,2] --set val_fraction=0")
+    p.add_argument("--name", help="run name (default: the preset or config file name)")
+    p.add_argument("--out", help="output directory (default: runs/train/<name>)")
+    p.add_argument("--checkpoint", action="store_true",
+                   help="save a checkpoint every epoch under the output dir; resume from it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the record as JSON at the end")
+    p.set_defaults(func=run)
+
+
+def build_configs(args: argparse.Namespace) -> tuple[CvTConfig, TrainConfig, str]:
+    """(model config, training config, run name) from the parsed arguments."""
+    file_model: Any = None
+    file_train: dict[str, Any] = {}
+    recipe = args.recipe
+    if args.config:
+        data = yaml.safe_load(Path(args.config).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{args.config}: expected a mapping")
+        if {"model", "train", "recipe"} & set(data):
+            unknown = sorted(set(data) - {"model", "train", "recipe"})
+            if unknown:
+                raise ValueError(f"{args.config}: unknown top-level key(s) {unknown}; "
+                                 "allowed: ['model', 'recipe', 'train']")
+            file_model, file_train = data.get("model"), data.get("train") or {}
+            recipe = recipe or data.get("recipe")
+        else:
+            file_model = data
+        name = Path(args.config).stem
+    else:
+        file_model, name = args.model, args.model
+    model_cfg = _model_from(file_model, args.config or "--model")
+
+    model_set, train_set = _split_set(parse_set(args.set))
+    if model_set:
+        model_cfg = model_cfg.replace(**model_set)
+    cli = {"dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size,
+           "lr": args.lr, "seed": args.seed, "device": args.device, "threads": args.threads,
+           "data_root": args.data_root}
+    overrides = {**file_train, **{k: v for k, v in cli.items() if v is not None}}
+    if args.download:
+        overrides["download"] = True
+    if args.eval_test:
+        overrides["eval_test"] = True
+    overrides.update(train_set)
+    train_cfg = get_recipe(recipe or "reduced", **overrides)
+    return model_cfg, train_cfg, args.name or name
+
+
+def _model_from(spec: Any, source: str) -> CvTConfig:
+    if isinstance(spec, str):
+        return get_config(spec)
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        preset = spec.pop("preset", None)
+        if preset is not None:
+            return get_config(preset, **spec)
+        return CvTConfig.from_dict(spec, source=source)
+    raise ValueError(f"{source}: 'model' must be a preset name or a mapping, got {spec!r}")
+
+
+def _split_set(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Route --set fields: ``model.x``/``train.x`` explicitly, else TrainConfig first.
+
+    Names in both (img_size, drop_path) go to TrainConfig, which applies them to the model.
+    """
+    model_fields = set(CvTConfig.__dataclass_fields__) - {"extra"}
+    train_fields = set(field_names())
+    model, train = {}, {}
+    for key, value in values.items():
+        prefix, _, rest = key.partition(".")
+        if rest and prefix in ("model", "train"):
+            (model if prefix == "model" else train)[rest] = value
+        elif key in train_fields:
+            train[key] = value
+        elif key in model_fields:
+            model[key] = value
+        else:
+            raise ValueError(f"--set {key}: not a TrainConfig or CvTConfig field; TrainConfig: "
+                             f"{sorted(train_fields)}; CvTConfig: {sorted(model_fields)}")
+    return model, train
+
+
+def _print_epoch(epochs: int) -> Any:
+    def report(epoch: int, m: dict[str, Any]) -> None:
+        val = (f"val top-1 {m['val_top1']:.2f}% top-5 {m['val_top5']:.2f}%"
+               if m["val_top1"] is not None else "no validation split")
+        print(f"epoch {epoch}/{epochs}  loss {m['train_loss']:.4f}  {val}  lr {m['lr']:.2e}  "
+              f"{m['images_per_s']:.0f} img/s  {m['time_s']:.0f} s", flush=True)
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from cvt_nas.train import adapt_config, run_trial
+
+    model_cfg, train_cfg, name = build_configs(args)
+    out = Path(args.out or Path("runs") / "train" / name)
+    adapted = adapt_config(model_cfg, train_cfg)
+    print(f"{name}: {adapted.arch_id()} on {train_cfg.dataset}, {train_cfg.epochs} epochs, "
+          f"recipe {args.recipe or 'reduced'}, device {train_cfg.device}, "
+          f"{torch.get_num_threads() if not train_cfg.threads else train_cfg.threads} threads",
+          flush=True)
+    result = run_trial(model_cfg, train_cfg, report=_print_epoch(train_cfg.epochs),
+                       checkpoint_dir=out / f"{name}.ckpt" if args.checkpoint else None,
+                       progress=not args.no_progress and sys.stderr.isatty())
+    record = {
+        "name": name,
+        "command": _command_line(),
+        "recipe": args.recipe or "reduced",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "arch_id": adapted.arch_id(),
+        "model_cfg": adapted.to_dict(),
+        "train_cfg": train_cfg.to_dict(),
+        "result": result.to_dict(),
+        "env": {"torch": torch.__version__, "python": platform.python_version(),
+                "machine": platform.machine(), "cpu_count": os.cpu_count(),
+                "threads": result.threads, "device": result.device},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(record))
+    print(_summary(name, train_cfg, result, path))
+    if result.error:
+        print(f"cvt-nas train: {result.status}: {result.error}", file=sys.stderr)
+    return 0 if result.status == "complete" else 1
+
+
+def _command_line() -> str:
+    """The command as typed (for the record), when this process is `cvt-nas train`."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["train"]:
+        return "cvt-nas " + " ".join(shlex.quote(a) for a in argv)
+    return "cvt-nas train (called from Python: " + " ".join(shlex.quote(a) for a in sys.argv) + ")"
+
+
+def _summary(name: str, cfg: TrainConfig, r: Any, path: Path) -> str:
+    parts = [f"{name} on {cfg.dataset}: {r.status}, {r.epochs} epochs"]
+    if r.val_top1 is not None:
+        parts.append(f"val top-1 {r.val_top1:.2f}%")
+    if r.test_top1 is not None:
+        parts.append(f"test top-1 {r.test_top1:.2f}% (top-5 {r.test_top5:.2f}%)")
+    parts.append(f"{r.params / 1e6:.2f}M params, {r.macs / 1e6:.1f}M MACs")
+    if r.images_per_s:
+        parts.append(f"{r.images_per_s:.0f} img/s")
+    parts.append(f"{r.wall_time_s:.0f} s -> {path}")
+    return ", ".join(parts)
