@@ -122,7 +122,8 @@ def pareto_table(front: pd.DataFrame, objectives: Mapping[str, str], *, full: bo
         full: keep every column (for pareto.csv) and add ``architecture``; otherwise a compact
             display table with units in the headers (for pareto.md and the terminal).
     """
-    arch = [arch_string(row) for _, row in front.iterrows()]
+    arch = pd.Series([arch_string(row) for _, row in front.iterrows()], index=front.index,
+                     dtype="str")
     if full:
         out = front.copy()
         out["architecture"] = arch
@@ -137,7 +138,7 @@ def pareto_table(front: pd.DataFrame, objectives: Mapping[str, str], *, full: bo
         if col in out.columns:
             out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64") * scale
             out = out.rename(columns={col: label})
-    out["architecture"] = arch
+    out["architecture"] = arch.to_numpy()
     return out.reset_index(drop=True)
 
 
