@@ -10,6 +10,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 import traceback
@@ -133,11 +134,13 @@ def run_trial(
         result.status, result.error = "diverged", str(exc)
     except torch.cuda.OutOfMemoryError as exc:
         result.status, result.error = "oom", str(exc).splitlines()[0]
-        torch.cuda.empty_cache()
     except Exception as exc:  # noqa: BLE001 - a trial reports failures, it never raises them
         result.status = "failed"
         where = traceback.extract_tb(exc.__traceback__)[-1]
         result.error = f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})"
+    if result.status == "oom":  # the trial's tensors are unreachable now: give the memory back
+        gc.collect()
+        torch.cuda.empty_cache()
     result.wall_time_s = time.perf_counter() - start
     return result
 

@@ -140,15 +140,16 @@ def _print_epoch(epochs: int) -> Any:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from cvt_nas.train import adapt_config, run_trial
+    from cvt_nas.train import adapt_config, resolve_device, run_trial
 
     model_cfg, train_cfg, name = build_configs(args)
     out = Path(args.out or Path("runs") / "train" / name)
     adapted = adapt_config(model_cfg, train_cfg)
+    threads = train_cfg.threads or torch.get_num_threads()
     print(f"{name}: {adapted.arch_id()} on {train_cfg.dataset}, {train_cfg.epochs} epochs, "
-          f"recipe {args.recipe or 'reduced'}, device {train_cfg.device}, "
-          f"{torch.get_num_threads() if not train_cfg.threads else train_cfg.threads} threads",
-          flush=True)
+          f"recipe {args.recipe or 'reduced'}, device {resolve_device(train_cfg.device)}, "
+          f"{threads} threads", flush=True)
+    load_before = os.getloadavg()
     result = run_trial(model_cfg, train_cfg, report=_print_epoch(train_cfg.epochs),
                        checkpoint_dir=out / f"{name}.ckpt" if args.checkpoint else None,
                        progress=not args.no_progress and sys.stderr.isatty())
@@ -163,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
         "result": result.to_dict(),
         "env": {"torch": torch.__version__, "python": platform.python_version(),
                 "machine": platform.machine(), "cpu_count": os.cpu_count(),
-                "threads": result.threads, "device": result.device},
+                "threads": result.threads, "device": result.device,
+                "loadavg_1min_start_end": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+                "git_commit": _git_commit()},
     }
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
@@ -174,6 +177,18 @@ def run(args: argparse.Namespace) -> int:
     if result.error:
         print(f"cvt-nas train: {result.status}: {result.error}", file=sys.stderr)
     return 0 if result.status == "complete" else 1
+
+
+def _git_commit() -> str | None:
+    """The checked-out commit of the cvt_nas sources (None outside a git checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def _command_line() -> str:
