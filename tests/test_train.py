@@ -191,6 +191,10 @@ def test_train_command_config_file_and_errors(tmp_path, capsys) -> None:
     assert json.loads((tmp_path / "run.json").read_text())["result"]["status"] == "diverged"
     assert main(["train", "--model", "cvt_micro", "--set", "epoch=3"]) == 2
     assert "--set epoch: not a TrainConfig or CvTConfig field" in capsys.readouterr().err
+    assert main(["train", "--model", "cvt_micro", "--dataset", "cifar10",
+                 "--data-root", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "dataset 'cifar10' not found" in err and str(tmp_path / "none") in err
 
 
 def test_set_routes_fields_to_the_right_config() -> None:

@@ -140,9 +140,12 @@ def _print_epoch(epochs: int) -> Any:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from cvt_nas.data import load_dataset
     from cvt_nas.train import adapt_config, resolve_device, run_trial
 
     model_cfg, train_cfg, name = build_configs(args)
+    # Missing data is a usage error (exit 2, with the paths tried and the fix), not a failed trial.
+    load_dataset(train_cfg.dataset, train_cfg.data_root, train_cfg.download)
     out = Path(args.out or Path("runs") / "train" / name)
     adapted = adapt_config(model_cfg, train_cfg)
     threads = train_cfg.threads or torch.get_num_threads()
