@@ -233,12 +233,22 @@ def evaluate(
             g.model, g.train.device, settings.latency_batch)
     if on_gate is not None:
         on_gate(g, known)
-    from cvt_nas.train import run_trial
+    from cvt_nas.train import TrialPruned, run_trial
 
-    result = run_trial(sample.model, g.train, report=report)
+    why: list[str] = []
+
+    def reporting(epoch: int, metrics: dict[str, Any]) -> None:
+        assert report is not None
+        try:
+            report(epoch, metrics)
+        except TrialPruned as exc:
+            why.append(str(exc) or f"pruned after epoch {epoch}")
+            raise
+
+    result = run_trial(sample.model, g.train, report=reporting if report else None)
     record = make_record(study=settings.study, trial=trial, backend=settings.backend,
                          model_cfg=g.model, train_cfg=g.train, result=result,
-                         reason=result.error, extra=extra)
+                         reason=result.error or (why[0] if why else None), extra=extra)
     values = None
     if result.status == "complete":
         values = objective_values(record, settings.objectives)

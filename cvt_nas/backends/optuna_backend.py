@@ -224,6 +224,7 @@ def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[s
         size = run.space.size()
         if size is not None and run.trials > size:
             raise SpaceError(f"--trials {run.trials}: the grid has only {size} points")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     make_pruner(run)  # validate before starting anything
     make_sampler(run, run.seed)
     storage = store.make_storage(run.storage_url, run.heartbeat)
@@ -231,7 +232,8 @@ def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[s
     store.fail_dead_trials(study)
     objectives = run.settings.objectives
     with store.Progress(run.storage_url, run.settings.study, run.trials, objectives, out_dir,
-                        meta, show=progress):
+                        meta, show=progress), store.results_on_exit(study, out_dir, objectives,
+                                                                    meta):
         if n_workers <= 1:
             run_worker(run, 0)
         else:
@@ -249,7 +251,6 @@ def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[s
             bad = [p.exitcode for p in procs if p.exitcode not in (0, None)]
             if bad:
                 raise RuntimeError(f"{len(bad)} worker process(es) exited with codes {bad}")
-    store.write_results(study, out_dir, objectives, meta)
     return study
 
 

@@ -219,7 +219,9 @@ def run_ray(run: SearchRun, opts: RayOptions, out_dir: str | Path, meta: dict[st
         finally:
             if started:
                 ray.shutdown()
-    store.write_results(study, out_dir, objectives, meta)
+            store.write_results(study, out_dir, objectives, meta)
+    else:
+        store.write_results(study, out_dir, objectives, meta)
     return study
 
 

@@ -11,6 +11,7 @@ without a record (its process was killed) does not count; its parameters are ret
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -18,6 +19,7 @@ import threading
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,6 +213,19 @@ def write_results(study: optuna.Study, out_dir: str | Path, objectives: dict[str
     if not records:
         return None
     return write_outputs(out_dir, records, epochs, objectives, meta)
+
+
+@contextlib.contextmanager
+def results_on_exit(study: optuna.Study, out_dir: str | Path, objectives: dict[str, str],
+                    meta: dict[str, Any]) -> Iterator[None]:
+    """Write the results when the block ends, also when it is interrupted (Ctrl-C)."""
+    try:
+        yield
+    finally:
+        try:
+            write_results(study, out_dir, objectives, meta)
+        except Exception as exc:  # noqa: BLE001 - never hide the block's own error
+            print(f"cvt-nas search: could not write {out_dir}: {exc}", file=sys.stderr)
 
 
 def front_summary(records: list[dict[str, Any]], objectives: dict[str, str], limit: int = 3
