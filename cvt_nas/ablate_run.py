@@ -18,9 +18,11 @@ import hashlib
 import json
 import math
 import multiprocessing as mp
+import random
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,11 +30,14 @@ from typing import Any
 import optuna
 
 from cvt_nas.ablate import Experiment, load_experiment
+from cvt_nas.results.records import TRAIN_PREFIX
 
 __all__ = ["default_storage", "open_study", "run_experiment", "run_key", "study_name"]
 
 Log = Callable[[str], None]
 
+# A pair whose training failed (diverged, error) this many times is not tried again.
+MAX_FAILURES = 2
 # Fields of TrainConfig that change where or how fast a run goes, not its numbers.
 _EXECUTION_FIELDS = ("threads", "num_workers", "device", "data_root", "download")
 
@@ -59,11 +64,26 @@ def _storage(url: str) -> optuna.storages.BaseStorage:
 
 
 def run_key(model_cfg: Any, train_cfg: Any) -> str:
-    """Identity of a training run: the adapted architecture, the training config and the seed
-    (execution settings such as threads excluded)."""
-    train = {k: v for k, v in train_cfg.to_dict().items() if k not in _EXECUTION_FIELDS}
-    text = json.dumps({"arch": model_cfg.to_dict(), "train": train}, sort_keys=True, default=str)
+    """Identity of a training run: the adapted architecture and the training config with its
+    seed. Execution settings (threads, device, ...) and unset (None) fields are left out, so
+    adding an optional TrainConfig field later does not change the key of old runs."""
+    from cvt_nas.results.records import arch_json, flatten_train
+
+    return _key(arch_json(model_cfg), flatten_train(train_cfg.to_dict()))
+
+
+def _key(arch: str, train: dict[str, Any]) -> str:
+    kept = {k: v for k, v in train.items()
+            if v is not None and k.removeprefix(TRAIN_PREFIX) not in _EXECUTION_FIELDS}
+    text = json.dumps({"arch": arch, "train": kept}, sort_keys=True, default=str)
     return "run-" + hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def record_key(record: dict[str, Any]) -> str | None:
+    """`run_key` of a stored trial record (from its ``arch`` and ``train.*`` columns)."""
+    if not record.get("arch"):
+        return None
+    return _key(record["arch"], {k: v for k, v in record.items() if k.startswith(TRAIN_PREFIX)})
 
 
 def _grid(exp: Experiment, scale: str, seeds: int) -> dict[str, list[Any]]:
@@ -100,7 +120,8 @@ def _reusable(storage: optuna.storages.BaseStorage, key: str) -> optuna.trial.Fr
     for summary in storage.get_all_studies():
         for t in storage.get_all_trials(summary._study_id, deepcopy=False,
                                         states=(optuna.trial.TrialState.COMPLETE,)):
-            if t.user_attrs.get("run_key") == key and "reused_from" not in t.user_attrs:
+            record = t.user_attrs.get("record")
+            if record and "reused_from" not in t.user_attrs and record_key(record) == key:
                 return t
     return None
 
@@ -122,8 +143,10 @@ class _Objective:
         study = trial.study
         tag = f"[{study.study_name}] trial {trial.number} row {row} seed {seed}"
         for t in study.get_trials(deepcopy=False):
-            if t.number != trial.number and _pair(t) == (row, seed) and t.state in (
-                optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING
+            # Of two trials racing for one pair, the earlier-numbered one trains.
+            if t.number != trial.number and _pair(t) == (row, seed) and (
+                t.state == optuna.trial.TrialState.COMPLETE
+                or (t.state == optuna.trial.TrialState.RUNNING and t.number < trial.number)
             ):
                 trial.set_user_attr("duplicate_of", t.number)
                 self.log(f"{tag}: already {t.state.name.lower()} as trial {t.number}; skipped")
@@ -179,25 +202,49 @@ def _print(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
+def running_pairs(study: optuna.Study) -> set[tuple[str, int]]:
+    """(row, seed) pairs with a RUNNING trial (stale ones are failed first, by heartbeat)."""
+    out = set()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pair = _pair(t)
+        if pair is not None:
+            out.add(pair)
+    return out
+
+
+def failed_pairs(study: optuna.Study) -> Counter[tuple[str, int]]:
+    """How often each pair's training ended badly (FAIL trials that hold a record; a killed
+    worker's trial holds none)."""
+    out: Counter[tuple[str, int]] = Counter()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        pair = _pair(t)
+        if pair is not None and "record" in t.user_attrs:
+            out[pair] += 1
+    return out
+
+
 def _worker(path: str, scale: str, seeds: int, storage: str, threads: int | None,
-            train_overrides: dict[str, Any]) -> None:
+            train_overrides: dict[str, Any], worker: int = 0) -> None:
     exp = load_experiment(path)
     study = open_study(exp, scale, seeds, storage)
     objective = _Objective(exp, scale, seeds, threads, train_overrides, _print)
     pairs = [(r, s) for r in objective.grid["row"] for s in objective.grid["seed"]]
-    if len(completed_pairs(study)) < len(pairs):
-        study.optimize(objective, n_trials=len(pairs))
-    # Pairs the grid pass left without a COMPLETE trial (a failed or killed trial, or a grid
-    # that changed with --seeds) are enqueued one by one.
-    for _ in range(2):
-        missing = [p for p in pairs if p not in completed_pairs(study)]
-        if not missing:
-            break
-        for row, seed in missing:
-            if (row, seed) in completed_pairs(study):
-                continue
+    rng = random.Random(worker)
+    while True:
+        if isinstance(study._storage, optuna.storages.RDBStorage):
+            optuna.storages.fail_stale_trials(study)
+        done, busy, failed = completed_pairs(study), running_pairs(study), failed_pairs(study)
+        todo = [p for p in pairs
+                if p not in done and p not in busy and failed[p] < MAX_FAILURES]
+        if not todo:
+            return
+        if len(study.get_trials(deepcopy=False)) >= len(pairs):
+            # Past the grid's first sweep (a failed or killed trial, a grid that grew with
+            # --seeds, a worker that lost a race): ask for a missing pair explicitly.
+            row, seed = rng.choice(todo)
             study.enqueue_trial({"row": row, "seed": seed})
-            study.optimize(objective, n_trials=1)
+        # Otherwise the GridSampler hands out the next unvisited (row, seed) cell.
+        study.optimize(objective, n_trials=1)
 
 
 def run_experiment(
@@ -228,8 +275,8 @@ def run_experiment(
     else:
         ctx = mp.get_context("spawn")
         procs = [ctx.Process(target=_worker,
-                             args=(exp.path, scale, seeds, storage, threads, overrides))
-                 for _ in range(n_workers)]
+                             args=(exp.path, scale, seeds, storage, threads, overrides, i))
+                 for i in range(n_workers)]
         for p in procs:
             p.start()
             time.sleep(2.0)  # stagger the first trials' storage writes
