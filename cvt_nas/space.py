@@ -161,6 +161,12 @@ class FieldSpec:
     tied: bool
     entries: tuple[Entry, ...]
     per_stage: bool  # the field is a per-stage field of CvTConfig (or head_dim)
+    section: str = "model"  # "model" (CvTConfig) or "train" (TrainConfig)
+
+    @property
+    def prefix(self) -> str:
+        """Parameter-name prefix: ``train.`` for training fields."""
+        return "train." if self.section == "train" else ""
 
     @property
     def sampled(self) -> bool:
@@ -392,19 +398,18 @@ class FixedSuggest:
 def _names(spec: FieldSpec, stage: int, depth: tuple[int, ...], n_stages: int) -> list[str]:
     entry = spec.entries[stage]
     if not entry.per_block:
-        return [spec.name if spec.tied else f"{spec.name}_s{stage + 1}"]
+        return [spec.prefix + (spec.name if spec.tied else f"{spec.name}_s{stage + 1}")]
     stages = range(n_stages) if spec.tied else [stage]
     return [f"{spec.name}_s{s + 1}_b{b + 1}" for s in stages for b in range(depth[s])]
 
 
 def _key(spec: FieldSpec, stage: int) -> str:
-    section = "train" if not spec.per_stage and spec.name in field_names() else "model"
-    return f"{section}.{spec.name}" + ("" if spec.tied else f"[{stage}]")
+    return f"{spec.section}.{spec.name}" + ("" if spec.tied else f"[{stage}]")
 
 
 def _draw(spec: FieldSpec, s: Suggest, params: dict[str, Any], n_stages: int,
           depth: tuple[int, ...]) -> Any:
-    prefix = "" if spec.per_stage or spec.name in MODEL_FIELDS else "train."
+    prefix = spec.prefix
 
     def one(entry: Entry, name: str) -> Any:
         if entry.dist is None:
@@ -782,10 +787,12 @@ def _parse_train_field(name: str, value: Any, recipe: str, source: str) -> Field
         probes = list(dist.choices) if dist.kind == "choice" else [dist.low, dist.high]
         if dist.kind == "int":
             probes = [int(p) for p in probes]
-        spec = FieldSpec(name, tied=True, entries=(Entry(dist=dist),), per_stage=False)
+        spec = FieldSpec(name, tied=True, entries=(Entry(dist=dist),), per_stage=False,
+                         section="train")
     else:
         probes = [value]
-        spec = FieldSpec(name, tied=True, entries=(Entry(fixed=value),), per_stage=False)
+        spec = FieldSpec(name, tied=True, entries=(Entry(fixed=value),), per_stage=False,
+                         section="train")
     for p in probes:
         try:
             get_recipe(recipe, **{name: p})

@@ -283,6 +283,17 @@ def test_grid_refuses_continuous_and_depth_dependent_spaces() -> None:
     assert fixed.size() == 48
 
 
+def test_a_training_field_named_like_a_model_field_keeps_its_own_parameter() -> None:
+    space = parse_space(micro(model={"drop_path": {"choice": [0.0, 0.1]}, "depth": [1, 1, 1]},
+                              train={"epochs": 1, "drop_path": {"choice": [0.0, 0.2]},
+                                     "lr": {"choice": [1.0e-3, 2.0e-3]}}))
+    assert space.grid() == {"drop_path": [0.0, 0.1], "train.drop_path": [0.0, 0.2],
+                            "train.lr": [1.0e-3, 2.0e-3]}
+    s = space.build({"drop_path": 0.1, "train.drop_path": 0.2, "train.lr": 2.0e-3})
+    assert s.model.drop_path == (0.1, 0.1, 0.1) and s.train.drop_path == 0.2
+    assert s.train.lr == 2.0e-3
+
+
 def test_arch_id_is_stable_across_equal_configs_and_ignores_training_fields() -> None:
     space = load_space(TINY)
     a = space.random(5)
