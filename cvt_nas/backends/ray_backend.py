@@ -37,11 +37,13 @@ class RayOptions:
     address: str | None = None  # None: start a local Ray on 127.0.0.1
 
 
-def _loopback_env() -> None:
-    # Keep Ray on 127.0.0.1 (ENVIRONMENT.md) and tokenless for local clusters.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+def _ray_env(local: bool) -> None:
+    """Environment for a local (loopback) Ray; a remote cluster keeps the user's settings."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if local:
+        # Ray 2.60 on Linux binds the machine's address unless this is 0 (ENVIRONMENT.md).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def _metrics(values: list[float] | None, objectives: dict[str, str], status: str
@@ -173,7 +175,8 @@ def run_ray(run: SearchRun, opts: RayOptions, out_dir: str | Path, meta: dict[st
                          "backend's")
     if run.sampler == "grid":
         raise ValueError("--sampler grid: use the optuna backend for grid search")
-    _loopback_env()
+    local = opts.address is None or opts.address.startswith(("127.", "localhost"))
+    _ray_env(local)
     import optuna
     import ray
     from ray import tune
@@ -189,7 +192,6 @@ def run_ray(run: SearchRun, opts: RayOptions, out_dir: str | Path, meta: dict[st
     if remaining > 0:
         if not ray.is_initialized():
             if opts.address:
-                local = opts.address.startswith(("127.", "localhost"))
                 ray.init(address=opts.address, _node_ip_address="127.0.0.1" if local else None,
                          log_to_driver=False)
             else:
