@@ -109,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
     if args.backend == "ray":
         from cvt_nas.backends.ray_backend import RayOptions, run_ray
 
+        if args.n_workers > 1:
+            raise ValueError("--n-workers is for the optuna backend; Ray runs as many trials at "
+                             "once as --cpus-per-trial / --gpus-per-trial and the cluster allow")
         run_ray(search, RayOptions(cpus_per_trial=args.cpus_per_trial,
                                    gpus_per_trial=args.gpus_per_trial, address=args.address),
                 out, meta, progress=not args.quiet)
