@@ -110,7 +110,9 @@ class Attention(nn.Module):
         if self.with_cls_token:
             cls, x = x[:, :1], x[:, 1:]  # (B, 1, C), (B, H*W, C)
         b, n, c = x.shape
-        grid = x.reshape(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, H, W), NHWC memory, no copy
+        # (B, C, H, W) in NHWC memory: a view of the tokens, except after the cls split, where one
+        # copy makes it NHWC-contiguous (else the convolutions fall back to slow NCHW kernels).
+        grid = x.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
         q = self.conv_proj_q(grid) if self.conv_proj_q is not None else x  # (B, Nq, C)
         k = self.conv_proj_k(grid) if self.conv_proj_k is not None else x  # (B, Nkv, C)
         v = self.conv_proj_v(grid) if self.conv_proj_v is not None else x  # (B, Nkv, C)
