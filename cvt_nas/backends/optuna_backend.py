@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from cvt_nas.search import Gate, Report, TrialSettings, evaluate, worker_tag
 from cvt_nas.space import SearchSpace, SpaceError
 
 OPTUNA_PRUNERS = ("none", "median", "sha", "hyperband", "pareto-sha")
+STOP = threading.Event()  # set (e.g. by a SIGTERM handler) to end the worker loop
 
 
 class TrialFailed(Exception):
@@ -188,7 +190,7 @@ def run_worker(run: SearchRun, index: int = 0) -> int:
     objective = Objective(run, study)
     store.fail_dead_trials(study)
     ran = 0
-    while store.tally(study).counted < run.trials:
+    while store.tally(study).counted < run.trials and not STOP.is_set():
         study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial),
                        gc_after_trial=True)
         ran += 1

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +63,23 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM (kill, a batch scheduler) ends the search like Ctrl-C.
+
+    The flag stops the worker loop even if the KeyboardInterrupt lands somewhere that swallows
+    it (a garbage-collection callback): then the running trial ends first.
+    """
+    from cvt_nas.backends.optuna_backend import STOP
+
+    STOP.set()
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     from cvt_nas.search import TrialSettings
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     from cvt_nas.space import analyze, load_space, parse_objectives
 
     space = load_space(args.space, overrides=parse_set(args.set))
