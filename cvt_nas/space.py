@@ -242,7 +242,7 @@ class SearchSpace:
         params: dict[str, Any] = {}
         values: dict[str, Any] = {}
         depth = self.base.depth
-        for spec in self.model:  # `_order` puts depth first: block fields need it
+        for spec in self.model:  # `order_fields` put depth first: block fields need it
             v = _draw(spec, suggest, params, self.base.num_stages, depth)
             values[spec.name] = v
             if spec.name == "depth":
