@@ -134,14 +134,14 @@ def _fmt(col: str, v: Any) -> str:
 def table_markdown(exp: Experiment, scale: str, table: pd.DataFrame) -> str:
     """A markdown rendering of `build_table`'s output with a short header."""
     sc = exp.scales[scale]
-    cols = ["row", "label", *exp.columns, "params", "paper_params_m", "macs", "paper_gflops",
-            "paper_top1"]
+    cols = ["row", "label", *exp.columns, "params", "paper_params_m", "params_err", "macs",
+            "paper_gflops", "macs_err", "paper_top1"]
     if "top1_mean" in table:
         cols += ["run_params", "run_macs", "top1_mean", "top1_std", "seeds", "delta",
                  "delta_se", "paper_delta", "same_sign", "within_noise"]
         if table.get("test_top1_mean") is not None and table["test_top1_mean"].notna().any():
             cols.insert(cols.index("seeds"), "test_top1_mean")
-    cols = [c for c in cols if c in table]
+    cols = [c for c in cols if c in table and (c in ("row", "label") or table[c].notna().any())]
     lines = [f"# {exp.title}", "", f"Source: {exp.source}. Baseline row: {exp.baseline}.", ""]
     if "top1_mean" in table:
         lines += [f"Scale `{scale}`: base `{sc.base}`, recipe `{sc.recipe}`, metric `{sc.metric}` "
