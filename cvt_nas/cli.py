@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 from collections.abc import Sequence
 
 COMMANDS = ("models", "profile", "train", "search", "report", "compare", "ablate")
+
+_argv: list[str] | None = None
+
+
+def command_line() -> str:
+    """The `cvt-nas ...` command being run (also when `main` is called from Python), for records."""
+    argv = _argv if _argv is not None else sys.argv[1:]
+    return shlex.join(["cvt-nas", *argv])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,8 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _argv
+    _argv = list(argv) if argv is not None else sys.argv[1:]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as exc:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,7 +111,9 @@ def write_outputs(
     study = dict(_plain(dict(meta or {})))
     study["objectives"] = dict(objectives)
     study.setdefault("versions", package_versions())
-    study.setdefault("command", " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+    from cvt_nas.cli import command_line
+
+    study.setdefault("command", command_line())
     study.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
     study["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
     study["n_trials"] = len(trials_df)
