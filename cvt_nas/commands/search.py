@@ -151,7 +151,9 @@ def _describe(space: Any, report: Any, trials: int, objectives: dict[str, str]) 
           f"img_size {space.img_size}")
     print(f"  params {report.params_range[0]:,} - {report.params_range[1]:,}, "
           f"MACs {report.macs_range[0]:,} - {report.macs_range[1]:,}")
-    print(f"  budget {space.budget}")
+    rules = {k: v for k, v in vars(space.budget).items() if v not in (None, ())}
+    print("  constraints " + (", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+                                        for k, v in rules.items()) or "none"))
     print(f"  of {report.n_random} random draws: {report.n_invalid} invalid, "
           f"{report.n_infeasible} over budget or breaking a rule")
     print(f"  would run {trials} trials for {objectives}")
