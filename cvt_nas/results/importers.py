@@ -78,10 +78,17 @@ def from_optuna(storage: str, study_name: str | None = None) -> StudyTables:
         optuna.trial.TrialState.FAIL: "failed",
     }
     records, epochs = [], []
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    # A dead worker's trial is failed and retried under a new number (system attr failed_trial);
+    # a trial that lost the race for the last slot of a multi-worker study is flagged surplus.
+    # Neither is a result of its own (the search's own tables leave them out too).
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    for t in trials:
         if t.state not in state_status:
             continue  # running or waiting: not a result yet
         record = t.user_attrs.get("record")
+        if t.user_attrs.get("surplus") or (record is None and t.number in retried):
+            continue
         if isinstance(record, dict):
             records.append(record)
             trial_no = int(record.get("trial", t.number))
