@@ -11,7 +11,7 @@ Columns of ``table.csv`` / ``table.md`` (one row per paper row, in the paper's o
   ``top1_std`` (sample std over seeds, ddof 1), ``seeds``, ``test_top1_mean`` when evaluated,
   ``delta`` (our mean - baseline mean), ``delta_se`` (standard error of that difference,
   ``sqrt(s_r^2/n_r + s_b^2/n_b)``), ``same_sign`` (our delta has the paper's sign; empty for the
-  baseline, paper-only rows and rows without a paper top-1), ``within_noise``
+  baseline, paper-only rows, rows without a paper top-1 and exact ties), ``within_noise``
   (``|delta| <= 2 delta_se``)
 """
 
@@ -106,7 +106,9 @@ def build_table(exp: Experiment, scale: str, records: pd.DataFrame | None = None
         se = math.sqrt(var) if var > 0 else None
         deltas.append(d)
         ses.append(se)
-        same.append(None if _missing(pd_) or _sign(pd_) == 0 else _sign(d) == _sign(pd_))
+        # A tie (equal means, e.g. the same val images right on each seed) has no sign.
+        tie = abs(d) < 1e-9
+        same.append(None if _missing(pd_) or _sign(pd_) == 0 or tie else _sign(d) == _sign(pd_))
         noise.append(None if se is None else abs(d) <= 2 * se)
     table["delta"], table["delta_se"] = deltas, ses
     table["same_sign"], table["within_noise"] = same, noise

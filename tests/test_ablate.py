@@ -224,3 +224,8 @@ def test_table_mean_std_delta_and_sign(tmp_path: Path) -> None:
     exp2 = load_experiment(_write(tmp_path, GOOD.replace("{top1: 1.0}", "{top1: 3.0}")))
     t2 = build_table(exp2, "reduced", records).set_index("row")
     assert t2.loc["a", "same_sign"] == False  # noqa: E712
+    # equal means: a delta of 0 agrees with no sign
+    tied = records.copy()
+    tied.loc[tied["row"] == "a", "val_top1"] = b
+    t3 = build_table(exp2, "reduced", tied).set_index("row")
+    assert t3.loc["a", "delta"] == pytest.approx(0.0) and pd.isna(t3.loc["a", "same_sign"])
