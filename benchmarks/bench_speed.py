@@ -1,8 +1,11 @@
 """Training and inference throughput of our CvT-13 against Hugging Face's, side by side.
 
 Both models have the same parameter count (19,997,480) and the same activation (GELU, as in
-the HF port). Steps alternate between the two models in one process so that machine load
-affects both alike; the ratio ours/HF is the result.
+the HF port). Steps alternate between the models in one process so that machine load affects
+all alike; the ratio ours/HF is the result. A third runner, ``ours-aten``, is our model with its
+Linear layers on PyTorch's default MKL GEMM (``set_linear_backend("aten")``) instead of oneDNN,
+to show how much of the gain is the GEMM backend. Achieved model GFLOP/s count 2 FLOPs per
+analytic MAC, times 3 for a training step (forward, input and weight gradients).
 
     python benchmarks/bench_speed.py --threads 2 --batch 16 --img-size 224 --steps 6
 """
@@ -18,12 +21,25 @@ from collections.abc import Callable
 import torch
 
 import cvt_nas
+from cvt_nas.linear import linear_backend, set_linear_backend
 
 
 def hf_cvt13(num_classes: int) -> torch.nn.Module:
     from transformers import CvtConfig, CvtForImageClassification
 
     return CvtForImageClassification(CvtConfig(num_labels=num_classes))
+
+
+def with_backend(fn: Callable[[], None], backend: str) -> Callable[[], None]:
+    def step() -> None:
+        before = linear_backend()
+        set_linear_backend(backend)
+        try:
+            fn()
+        finally:
+            set_linear_backend(before)
+
+    return step
 
 
 def train_step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -85,27 +101,39 @@ def main() -> None:
     n_ours = sum(p.numel() for p in ours.parameters())
     n_hf = sum(p.numel() for p in theirs.parameters())
     assert n_ours == n_hf, (n_ours, n_hf)
+    macs = cvt_nas.analytic_cost(ours.cfg).macs
     x = torch.randn(args.batch, 3, args.img_size, args.img_size)
     y = torch.randint(0, 1000, (args.batch,))
-    report: dict[str, object] = {"params": n_ours, "threads": args.threads, "batch": args.batch,
-                                 "img_size": args.img_size, "torch": torch.__version__}
+    report: dict[str, object] = {"params": n_ours, "macs": macs, "threads": args.threads,
+                                 "batch": args.batch, "img_size": args.img_size,
+                                 "torch": torch.__version__}
     for mode in ("train", "infer"):
         if mode == "train":
-            fns = {"ours": train_step_fn(ours, x, y, False), "hf": train_step_fn(theirs, x, y, True)}
+            fns = {"ours": train_step_fn(ours, x, y, False),
+                   "ours-aten": with_backend(train_step_fn(ours, x, y, False), "aten"),
+                   "hf": train_step_fn(theirs, x, y, True)}
         else:
-            fns = {"ours": infer_fn(ours, x, False), "hf": infer_fn(theirs, x, True)}
+            fns = {"ours": infer_fn(ours, x, False),
+                   "ours-aten": with_backend(infer_fn(ours, x, False), "aten"),
+                   "hf": infer_fn(theirs, x, True)}
         wall, cpu = alternate(fns, args.steps, args.warmup)
         ips = {k: args.batch / statistics.median(v) for k, v in wall.items()}
         cpu_s = {k: statistics.median(v) for k, v in cpu.items()}
-        report[mode] = {"ours_img_s": round(ips["ours"], 2), "hf_img_s": round(ips["hf"], 2),
-                        "ratio_wall": round(ips["ours"] / ips["hf"], 3),
-                        "ours_cpu_s_per_img": round(cpu_s["ours"] / args.batch, 4),
-                        "hf_cpu_s_per_img": round(cpu_s["hf"] / args.batch, 4),
-                        "ratio_cpu": round(cpu_s["hf"] / cpu_s["ours"], 3)}
+        flop_per_img = 2 * macs * (3 if mode == "train" else 1)
+        report[mode] = {
+            **{f"{k}_img_s": round(v, 2) for k, v in ips.items()},
+            **{f"{k}_gflop_s": round(v * flop_per_img / 1e9, 1) for k, v in ips.items()},
+            **{f"{k}_cpu_s_per_img": round(v / args.batch, 4) for k, v in cpu_s.items()},
+            "ratio_wall": round(ips["ours"] / ips["hf"], 3),
+            "ratio_cpu": round(cpu_s["hf"] / cpu_s["ours"], 3),
+            "ratio_wall_aten": round(ips["ours-aten"] / ips["hf"], 3),
+        }
         if not args.json:
-            print(f"{mode:5s}: ours {ips['ours']:7.2f} img/s | HF {ips['hf']:7.2f} img/s | "
-                  f"ratio ours/HF {ips['ours'] / ips['hf']:.2f}x wall, "
-                  f"{cpu_s['hf'] / cpu_s['ours']:.2f}x CPU time", flush=True)
+            runs = " | ".join(f"{k} {v:6.2f} img/s ({v * flop_per_img / 1e9:4.0f} GFLOP/s)"
+                              for k, v in ips.items())
+            print(f"{mode:5s}: {runs} | ours/HF {ips['ours'] / ips['hf']:.2f}x wall, "
+                  f"{cpu_s['hf'] / cpu_s['ours']:.2f}x CPU time; ours-aten/HF "
+                  f"{ips['ours-aten'] / ips['hf']:.2f}x wall", flush=True)
     if args.json:
         print(json.dumps(report))
 

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
+from cvt_nas.linear import Linear
+
 
 class QuickGELU(nn.Module):
     """``x * sigmoid(1.702 x)``, the activation of the official CvT code."""
@@ -99,10 +101,10 @@ class Attention(nn.Module):
         self.conv_proj_q = make_proj(method, dim, kernel, q_stride, is_q=True)
         self.conv_proj_k = make_proj(method, dim, kernel, kv_stride, is_q=False)
         self.conv_proj_v = make_proj(method, dim, kernel, kv_stride, is_q=False)
-        self.proj_q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj_k = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj_v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.proj_q = Linear(dim, dim, bias=qkv_bias)
+        self.proj_k = Linear(dim, dim, bias=qkv_bias)
+        self.proj_v = Linear(dim, dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
 
     def _project(self, x: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, ...]:
         if self.conv_proj_q is None and self.conv_proj_k is None:
@@ -134,9 +136,9 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, act: str, drop: float) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = make_act(act)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

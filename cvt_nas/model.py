@@ -8,6 +8,7 @@ from torch import nn
 
 from cvt_nas.config import CvTConfig
 from cvt_nas.layers import Attention, Block, ConvEmbed
+from cvt_nas.linear import Linear
 
 
 class Stage(nn.Module):
@@ -79,7 +80,7 @@ class CvT(nn.Module):
             in_chans = cfg.embed_dim[s]
         self.num_stages = cfg.num_stages
         self.norm = nn.LayerNorm(cfg.embed_dim[-1])
-        self.head = nn.Linear(cfg.embed_dim[-1], cfg.num_classes)
+        self.head = Linear(cfg.embed_dim[-1], cfg.num_classes)
         self.apply(_init_weights)
         for s in range(self.num_stages):
             stage = self.stage(s)

@@ -1,0 +1,99 @@
+"""CPU matrix-product rate of PyTorch's default Linear (MKL) against the oneDNN path, side by side.
+
+For each Linear shape of CvT-13 at batch 16 (and a square 2048 GEMM as the machine's ceiling) it
+times forward + backward (input and weight gradients, 3 GEMMs) of ``F.linear`` and of
+``cvt_nas.linear.onednn_linear`` alternately in one process and prints GFLOP/s and the ratio.
+With ``--model NAME`` it instead times whole training steps (forward, backward, AdamW) of that
+preset with its Linear layers on each backend.
+
+    python benchmarks/bench_linear.py --threads 2
+    python benchmarks/bench_linear.py --threads 2 --model cvt_micro --batch 128 --img-size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+import cvt_nas
+from cvt_nas.linear import onednn_linear, set_linear_backend
+
+# (tokens per image, in, out): CvT-13's q/k/v/out projections and MLP layers per stage, and the head.
+SHAPES = [(3137, 64, 64), (3137, 64, 256), (3137, 256, 64), (785, 192, 192), (785, 192, 768),
+          (785, 768, 192), (197, 384, 384), (197, 384, 1536), (197, 1536, 384)]
+
+
+def fwd_bwd(fn: Callable, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+            g: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        torch.autograd.grad(fn(x, w, b), (x, w, b), g)
+
+    return step
+
+
+def rate(fns: dict[str, Callable[[], None]], flops: float, repeats: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(repeats + 2):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            if i >= 2:
+                times[name].append(time.perf_counter() - t)
+    return {k: flops / statistics.median(v) / 1e9 for k, v in times.items()}
+
+
+def model_steps(name: str, batch: int, img_size: int, repeats: int) -> None:
+    model = cvt_nas.create_model(name, img_size=img_size, num_classes=10)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, model.cfg.in_chans, img_size, img_size)
+    y = torch.randint(0, 10, (batch,))
+
+    def step(backend: str) -> Callable[[], None]:
+        def run() -> None:
+            set_linear_backend(backend)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return run
+
+    r = rate({"aten": step("aten"), "onednn": step("onednn")}, batch * 1e9, repeats)
+    print(f"{name} training step, batch {batch}, {img_size} px: F.linear {r['aten']:.0f} img/s, "
+          f"oneDNN {r['onednn']:.0f} img/s, ratio {r['onednn'] / r['aten']:.2f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--model", help="time whole training steps of this preset instead")
+    ap.add_argument("--img-size", type=int, default=32)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.model:
+        model_steps(args.model, args.batch, args.img_size, max(args.repeats, 10))
+        return
+    print(f"{'tokens x in -> out':<22} {'F.linear GFLOP/s':>17} {'oneDNN GFLOP/s':>15} {'ratio':>7}")
+    shapes = [(args.batch * n, k, m) for n, k, m in SHAPES] + [(2048, 2048, 2048)]
+    for m_rows, k, n in shapes:
+        x = torch.randn(m_rows, k, requires_grad=True)
+        w = torch.randn(n, k, requires_grad=True)
+        b = torch.randn(n, requires_grad=True)
+        g = torch.randn(m_rows, n)
+        flops = 3 * 2 * m_rows * k * n
+        r = rate({"aten": fwd_bwd(F.linear, x, w, b, g), "onednn": fwd_bwd(onednn_linear, x, w, b, g)},
+                 flops, args.repeats)
+        print(f"{f'{m_rows} x {k} -> {n}':<22} {r['aten']:>17.0f} {r['onednn']:>15.0f} "
+              f"{r['onednn'] / r['aten']:>6.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
