@@ -95,7 +95,7 @@ class TrainConfig:
     cutmix: float = 0.0
     randaugment: str | None = None
     random_erasing: float = 0.0
-    shift: int = 4
+    shift: int = 2
     hflip: float = 0.5
     drop_path: float | tuple[float, ...] | None = None
     seed: int = 0

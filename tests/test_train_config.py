@@ -13,7 +13,7 @@ def test_reduced_is_the_default_and_matches_the_calibration_recipe() -> None:
     assert cfg == TrainConfig()
     # ENVIRONMENT.md calibration: AdamW lr 2e-3, label smoothing 0.1, shift + flip, batch 128.
     assert (cfg.dataset, cfg.img_size, cfg.lr, cfg.batch_size) == ("fashion-mnist", 32, 2e-3, 128)
-    assert (cfg.label_smoothing, cfg.shift, cfg.hflip, cfg.epochs) == (0.1, 4, 0.5, 10)
+    assert (cfg.label_smoothing, cfg.shift, cfg.hflip, cfg.epochs) == (0.1, 2, 0.5, 10)
     assert cfg.mixup == cfg.cutmix == 0.0 and cfg.randaugment is None
 
 
