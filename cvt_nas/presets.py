@@ -6,6 +6,11 @@ overrides, and each preset is registered with timm so ``timm.create_model("cvt_1
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+from types import ModuleType
 from typing import Any
 
 from cvt_nas.config import CvTConfig
@@ -102,3 +107,50 @@ def register_timm() -> None:
     for name in PRESETS:
         if name not in have:
             register_model(_timm_entry(name))
+
+
+class _RegisterAfterTimmLoads(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Import hook: when ``timm`` is first imported, finish that import, then `register_timm()`.
+
+    This keeps ``import cvt_nas`` free of torch and timm (about 3 s) while
+    ``import cvt_nas; import timm; timm.create_model("cvt_13")`` still finds our presets.
+    """
+
+    def __init__(self) -> None:
+        self._spec: importlib.machinery.ModuleSpec | None = None
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != "timm" or self._spec is not None:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        self._spec = spec
+        return importlib.util.spec_from_loader(fullname, self, origin=spec.origin,
+                                               is_package=spec.submodule_search_locations is not None)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        assert self._spec is not None and self._spec.loader is not None
+        return self._spec.loader.create_module(self._spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        assert self._spec is not None and self._spec.loader is not None
+        spec = self._spec
+        # the module must look as if the real loader had made it (timm's relative imports need
+        # __path__ and __spec__ of the real package)
+        module.__spec__ = spec
+        module.__loader__ = spec.loader
+        module.__file__ = spec.origin
+        if spec.submodule_search_locations is not None:
+            module.__path__ = list(spec.submodule_search_locations)
+        spec.loader.exec_module(module)
+        register_timm()
+
+
+def register_timm_on_import() -> None:
+    """Register the presets with timm now if it is loaded, else as soon as it is imported."""
+    if "timm" in sys.modules:
+        register_timm()
+    elif not any(isinstance(f, _RegisterAfterTimmLoads) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterAfterTimmLoads())

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
-from torch import nn
+from typing import TYPE_CHECKING, Literal
 
 from cvt_nas.config import CvTConfig
 from cvt_nas.cost import Cost, analytic_cost
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import timm
 import torch
@@ -69,6 +72,25 @@ def test_timm_registry() -> None:
     assert set(cvt_nas.list_models()) <= set(timm.list_models("cvt_*"))
     with pytest.raises(ValueError, match="load_pretrained"):
         timm.create_model("cvt_13", pretrained=True)
+
+
+@pytest.mark.parametrize("timm_first", [False, True])
+def test_import_is_torch_free_and_timm_sees_presets_either_way(timm_first: bool) -> None:
+    """``import cvt_nas`` loads no torch; importing timm before or after it registers the presets."""
+    code = (
+        "import sys\n"
+        + ("import timm\n" if timm_first else "")
+        + "import cvt_nas, cvt_nas.space, cvt_nas.results\n"
+        + ("" if timm_first else "assert 'torch' not in sys.modules, 'torch imported'\n")
+        + "import timm\n"
+        "m = timm.create_model('cvt_micro', num_classes=3)\n"
+        "assert type(m).__name__ == 'CvT' and m.head.out_features == 3\n"
+        "assert callable(cvt_nas.profile) and cvt_nas.CvT is type(m)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
 
 
 def test_pos_embed_is_resized_for_other_inputs() -> None:
