@@ -106,14 +106,11 @@ def _pair(t: optuna.trial.FrozenTrial) -> tuple[str, int] | None:
     return str(t.params["row"]), int(t.params["seed"])
 
 
-def completed_pairs(study: optuna.Study) -> set[tuple[str, int]]:
-    """(row, seed) pairs that have a COMPLETE trial."""
-    done = set()
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        pair = _pair(t)
-        if pair is not None:
-            done.add(pair)
-    return done
+def pairs_in_state(study: optuna.Study, state: optuna.trial.TrialState) -> set[tuple[str, int]]:
+    """(row, seed) pairs that have a trial in ``state`` (COMPLETE: done; RUNNING: in progress,
+    stale ones having been failed first by heartbeat)."""
+    trials = study.get_trials(deepcopy=False, states=(state,))
+    return {pair for t in trials if (pair := _pair(t)) is not None}
 
 
 def _reusable(storage: optuna.storages.BaseStorage, key: str) -> optuna.trial.FrozenTrial | None:
@@ -202,16 +199,6 @@ def _print(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-def running_pairs(study: optuna.Study) -> set[tuple[str, int]]:
-    """(row, seed) pairs with a RUNNING trial (stale ones are failed first, by heartbeat)."""
-    out = set()
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        pair = _pair(t)
-        if pair is not None:
-            out.add(pair)
-    return out
-
-
 def failed_pairs(study: optuna.Study) -> Counter[tuple[str, int]]:
     """How often each pair's training ended badly (FAIL trials that hold a record; a killed
     worker's trial holds none)."""
@@ -233,7 +220,9 @@ def _worker(path: str, scale: str, seeds: int, storage: str, threads: int | None
     while True:
         if isinstance(study._storage, optuna.storages.RDBStorage):
             optuna.storages.fail_stale_trials(study)
-        done, busy, failed = completed_pairs(study), running_pairs(study), failed_pairs(study)
+        done = pairs_in_state(study, optuna.trial.TrialState.COMPLETE)
+        busy = pairs_in_state(study, optuna.trial.TrialState.RUNNING)
+        failed = failed_pairs(study)
         todo = [p for p in pairs
                 if p not in done and p not in busy and failed[p] < MAX_FAILURES]
         if not todo:

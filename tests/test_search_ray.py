@@ -26,12 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny_space.yaml"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _processes_under(path: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -45,7 +39,7 @@ def _processes_under(path: str) -> list[int]:
 
 
 @pytest.fixture
-def ray_head() -> Iterator[str]:
+def ray_head(free_port: int) -> Iterator[str]:
     """``ray start --head`` on a free loopback port with its own temp dir; yields the address.
 
     Stopped by ending the ``--block`` process we started (which stops the head's processes) and
@@ -56,7 +50,7 @@ def ray_head() -> Iterator[str]:
     if not ray_exe.exists():
         pytest.skip("the ray command line is not installed next to this Python")
     temp = tempfile.mkdtemp(prefix="cvtray-", dir="/tmp")  # short: Ray's socket paths are long
-    port = free_port()
+    port = free_port
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
            "RAY_USAGE_STATS_ENABLED": "0"}
     log = Path(temp) / "head.log"

@@ -6,7 +6,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections import Counter
@@ -24,12 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny_space.yaml"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def pg_bin() -> Path | None:
     for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
         if os.path.exists(f"{d}/initdb") and os.path.exists(f"{d}/pg_ctl"):
@@ -39,7 +32,7 @@ def pg_bin() -> Path | None:
 
 
 @pytest.fixture
-def postgres_url(tmp_path: Path) -> Iterator[str]:
+def postgres_url(tmp_path: Path, free_port: int) -> Iterator[str]:
     """A private PostgreSQL server on a free 127.0.0.1 port, stopped and deleted afterwards.
 
     initdb refuses to run as root, so as root the server runs as the ``postgres`` user via
@@ -63,7 +56,7 @@ def postgres_url(tmp_path: Path) -> Iterator[str]:
     else:
         base, prefix = tmp_path / "pg", []
         base.mkdir()
-    data, port = base / "data", free_port()
+    data, port = base / "data", free_port
 
     def run(*cmd: str | Path) -> None:
         subprocess.run([*prefix, *map(str, cmd)], check=True, capture_output=True, timeout=120)
