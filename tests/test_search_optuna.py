@@ -221,3 +221,19 @@ def test_command_line_errors_are_one_clear_line(tmp_path: Path,
     assert "train.lr: grid search needs a finite set" in capsys.readouterr().err
     assert main(["search", str(TINY), "--dry-run"]) == 0
     assert "params 22,778 - 94,026" in capsys.readouterr().out
+
+
+def test_resuming_with_a_changed_space_is_refused_and_names_the_change(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "tiny"
+    assert search(out, "--trials", "1", "--sampler", "random", "--seed", "0") == 0
+    assert search(out, "--trials", "2", "--sampler", "random", "--seed", "0",
+                  "--set", "train.epochs=2", "--set", "constraints.max_params=50k") == 2
+    err = capsys.readouterr().err
+    assert "created from a different search space" in err
+    assert "(train.epochs, constraints.max_params changed" in err
+    study = load_study(store.default_storage_url(out))
+    assert len(study.trials) == 1  # nothing was added by the refused run
+    # the search section (trials, sampler, seed) may change between runs of one study
+    assert search(out, "--trials", "2", "--sampler", "tpe", "--seed", "5") == 0
+    assert len(load_study(store.default_storage_url(out)).trials) == 2

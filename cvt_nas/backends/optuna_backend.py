@@ -230,7 +230,8 @@ def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[s
     make_pruner(run)  # validate before starting anything
     make_sampler(run, run.seed)
     storage = store.make_storage(run.storage_url, run.heartbeat)
-    study = store.open_study(storage, run.settings.study, run.settings.objectives)
+    study = store.open_study(storage, run.settings.study, run.settings.objectives,
+                             space=run.space.raw)
     store.fail_dead_trials(study)
     objectives = run.settings.objectives
     with store.Progress(run.storage_url, run.settings.study, run.trials, objectives, out_dir,

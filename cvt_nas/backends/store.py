@@ -12,6 +12,7 @@ without a record (its process was killed) does not count; its parameters are ret
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import sys
@@ -19,7 +20,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,10 +87,39 @@ def make_storage(url: str, heartbeat: int | None = 10) -> BaseStorage:
                          "is installed (pip install psycopg2-binary for PostgreSQL)") from None
 
 
+# The parts of a space file that decide what a trial means; `search` (trials, sampler, ...) may
+# change between runs of one study.
+SPACE_KEYS = ("base", "model", "train", "constraints")
+
+
+def space_identity(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON-normal form of a space file's ``base``, ``model``, ``train`` and ``constraints``."""
+    return json.loads(json.dumps({k: raw.get(k) for k in SPACE_KEYS}, sort_keys=True, default=str))
+
+
+def _changed_keys(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key in SPACE_KEYS:
+        a, b = before.get(key), now.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{f}" for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
+        else:
+            out.append(key)
+    return out
+
+
 def open_study(storage: BaseStorage, name: str, objectives: dict[str, str],
                sampler: optuna.samplers.BaseSampler | None = None,
-               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
-    """Create the study or load it; an existing study must have the same objectives."""
+               pruner: optuna.pruners.BasePruner | None = None,
+               space: Mapping[str, Any] | None = None) -> optuna.Study:
+    """Create the study or load it.
+
+    An existing study must have the same objectives and, when ``space`` (the space file's dict,
+    after ``--set`` overrides) is given, the same ``base``/``model``/``train``/``constraints``:
+    resuming with another space would mix incomparable trials in one Pareto front.
+    """
     directions = ["maximize" if d == "max" else "minimize" for d in objectives.values()]
     study = optuna.create_study(storage=storage, study_name=name, directions=directions,
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
@@ -99,6 +129,16 @@ def open_study(storage: BaseStorage, name: str, objectives: dict[str, str],
     elif list(stored) != list(objectives):
         raise ValueError(f"study {name!r} was created with objectives {stored}; re-run with "
                          f"--objectives {','.join(stored)} or pick a new --study name")
+    if space is not None:
+        ident, before = space_identity(space), study.user_attrs.get("space")
+        if before is None:
+            study.set_user_attr("space", ident)
+        elif before != ident:
+            changed = _changed_keys(before, ident)
+            raise ValueError(f"study {name!r} was created from a different search space "
+                             f"({', '.join(changed)} changed, e.g. by an edit or --set); its "
+                             "trials are not comparable with new ones. Undo the change to resume, "
+                             "or pick a new --study name (or --out directory)")
     return study
 
 
