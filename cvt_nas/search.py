@@ -19,6 +19,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from cvt_nas.config import CvTConfig
@@ -194,6 +195,7 @@ def evaluate(
     settings: TrialSettings,
     report: Report | None = None,
     on_gate: Callable[[Gate, dict[str, float]], None] | None = None,
+    reuse: Callable[[str], tuple[dict[str, Any], list[dict[str, Any]]] | None] | None = None,
 ) -> Outcome:
     """Run one trial of a search from its sample: gate, (latency,) train, record.
 
@@ -206,6 +208,11 @@ def evaluate(
         on_gate: called once the gate has decided, before any training, with the gate and the
             costs known up front (``macs``, ``params``, ``latency`` when measured); backends
             use it to give their sampler the constraint value.
+        reuse: looks up a finished ``complete`` trial of the study by its sampled parameters
+            (``params_sampled``, JSON) and returns its record and history; a feasible sample
+            found there is not trained again (seeded CPU training is deterministic, so retraining
+            would give the same numbers): its result is copied under this trial's number with
+            ``wall_time_s`` 0 and ``reason`` naming the source trial.
 
     Returns:
         The outcome; ``values`` are set for ``complete`` trials (the objectives) and for
@@ -224,6 +231,13 @@ def evaluate(
         record = _infeasible_record(space, sample, g, trial, settings, extra)
         return Outcome("infeasible", record, [], _infeasible_values(g, settings.objectives), g)
     assert g.model is not None and g.train is not None
+    previous = reuse(extra["params_sampled"]) if reuse is not None else None
+    if previous is not None:
+        if previous[0].get("latency") is not None:
+            known["latency"] = float(previous[0]["latency"])
+        if on_gate is not None:
+            on_gate(g, known)
+        return _reused(previous, trial, extra, settings, g)
     if "latency" in settings.objectives:
         import torch
 
@@ -256,6 +270,16 @@ def evaluate(
             record["status"], values = "failed", None
             record["reason"] = "an objective is missing (val_fraction 0 gives no val_top1)"
     return Outcome(record["status"], record, list(result.history), values, g)
+
+
+def _reused(previous: tuple[dict[str, Any], list[dict[str, Any]]], trial: int,
+            extra: dict[str, Any], settings: TrialSettings, g: Gate) -> Outcome:
+    source, history = previous
+    record = {**source, "trial": int(trial), "worker": extra["worker"], "wall_time_s": 0.0,
+              "reason": f"same parameters as trial {source['trial']}: its result, not retrained",
+              "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
+    return Outcome("complete", record, list(history),
+                   objective_values(record, settings.objectives), g)
 
 
 def _infeasible_record(space: SearchSpace, sample: Sample, g: Gate, trial: int,

@@ -237,3 +237,26 @@ def test_resuming_with_a_changed_space_is_refused_and_names_the_change(
     # the search section (trials, sampler, seed) may change between runs of one study
     assert search(out, "--trials", "2", "--sampler", "tpe", "--seed", "5") == 0
     assert len(load_study(store.default_storage_url(out)).trials) == 2
+
+
+def test_a_resampled_architecture_reuses_the_result_and_retraining_would_match_it(
+        tmp_path: Path) -> None:
+    fixed = ["--set", "model.embed_dim=[16,16,32]", "--set", "model.mlp_ratio=2",
+             "--set", "model.kv_stride=[2,2,1]", "--set", "train.lr=0.002"]  # one point
+    assert search(tmp_path / "reuse", "--trials", "3", *fixed) == 0
+    trials = pd.read_csv(tmp_path / "reuse" / "trials.csv")
+    assert list(trials["status"]) == ["complete"] * 3
+    assert trials.loc[0, "wall_time_s"] > 0 and pd.isna(trials.loc[0, "reason"])
+    for i in (1, 2):
+        assert trials.loc[i, "wall_time_s"] == 0
+        assert trials.loc[i, "reason"] == "same parameters as trial 0: its result, not retrained"
+        assert trials.loc[i, "val_top1"] == trials.loc[0, "val_top1"]
+    epochs = pd.read_parquet(tmp_path / "reuse" / "epochs.parquet")
+    assert sorted(set(epochs["trial"])) == [0, 1, 2]
+
+    # --retrain-duplicates trains every trial; seeded CPU training gives the same numbers, which
+    # is what makes reusing them sound.
+    assert search(tmp_path / "retrain", "--trials", "2", "--retrain-duplicates", *fixed) == 0
+    again = pd.read_csv(tmp_path / "retrain" / "trials.csv")
+    assert (again["wall_time_s"] > 0).all() and again["reason"].isna().all()
+    assert list(again["val_top1"]) == [trials.loc[0, "val_top1"]] * 2

@@ -57,6 +57,7 @@ class SearchRun:
     population_size: int | None = None
     heartbeat: int | None = 10
     eta: int = 3
+    reuse_duplicates: bool = True
 
     @property
     def epochs(self) -> int:
@@ -154,6 +155,14 @@ class Objective:
     def __init__(self, run: SearchRun, study: optuna.Study) -> None:
         self.run, self.study, self.tag, self.surplus = run, study, worker_tag(), False
 
+    def previous(self, params_sampled: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The record and history of the first complete trial drawn with these parameters."""
+        for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            rec = t.user_attrs.get("record") or {}
+            if rec.get("status") == "complete" and rec.get("params_sampled") == params_sampled:
+                return rec, t.user_attrs.get("history") or []
+        return None
+
     def __call__(self, trial: optuna.Trial) -> Any:
         run, study = self.run, self.study
         before = sum(1 for t in study.get_trials(deepcopy=False)
@@ -170,7 +179,8 @@ class Objective:
             trial.set_user_attr("costs", known)
 
         outcome = evaluate(run.space, sample, trial.number, run.settings,
-                           _reporter(run, study, trial), on_gate)
+                           _reporter(run, study, trial), on_gate,
+                           self.previous if run.reuse_duplicates else None)
         trial.set_user_attr("record", outcome.record)
         trial.set_user_attr("history", outcome.history)
         if outcome.values is not None:

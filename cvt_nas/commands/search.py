@@ -45,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heartbeat", type=int, default=10,
                    help="seconds between RDB heartbeats (0: off); a dead worker's trial is "
                         "failed and retried after three missed beats")
+    p.add_argument("--retrain-duplicates", action="store_true",
+                   help="optuna: train a sample again even when a complete trial of the study had "
+                        "the same parameters (default: copy its result, marked in `reason`)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="ray: CPUs per trial")
     p.add_argument("--gpus-per-trial", type=float, default=0.0,
                    help="ray: GPUs per trial (fractions share a GPU)")
@@ -112,12 +115,14 @@ def run(args: argparse.Namespace) -> int:
     search = SearchRun(space=space, settings=settings, storage_url=url, trials=trials,
                        sampler=sampler, pruner=pruner, seed=seed,
                        population_size=args.population_size or defaults.get("population_size"),
-                       heartbeat=args.heartbeat or None)
+                       heartbeat=args.heartbeat or None,
+                       reuse_duplicates=not args.retrain_duplicates)
     meta: dict[str, Any] = {
         "space_file": str(args.space), "space": space.raw,
         "settings": {"backend": args.backend, "trials": trials, "sampler": sampler,
                      "pruner": pruner, "seed": seed, "storage": store.redact(url),
                      "n_workers": args.n_workers, "threads": threads, "device": args.device,
+                     "reuse_duplicates": not args.retrain_duplicates,
                      "overrides": parse_set(args.set)},
     }
     print(f"cvt-nas search: study {study!r} ({args.backend}, {sampler}, pruner {pruner}), "
