@@ -92,7 +92,10 @@ def build_table(exp: Experiment, scale: str, records: pd.DataFrame | None = None
         table[col] = [stats.get(r.row, {}).get(col) for r in exp.rows]
     table["seeds"] = table["seeds"].fillna(0).astype(int)
     base = stats.get(exp.baseline, {})
-    deltas, ses, same, noise = [], [], [], []
+    deltas: list[float | None] = []
+    ses: list[float | None] = []
+    same: list[bool | None] = []
+    noise: list[bool | None] = []
     for r, pd_ in zip(exp.rows, table["paper_delta"], strict=True):
         s = stats.get(r.row, {})
         if r.row == exp.baseline or s.get("top1_mean") is None or base.get("top1_mean") is None:

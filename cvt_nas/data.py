@@ -443,7 +443,7 @@ class TrialData:
 
         cfg = self.cfg
         size = cfg.img_size or 224
-        common = dict(input_size=size, mean=data.info.mean, std=data.info.std,
+        common: dict[str, Any] = dict(input_size=size, mean=data.info.mean, std=data.info.std,
                       interpolation="bicubic")
         train_tf = create_transform(
             is_training=True, hflip=cfg.hflip, auto_augment=cfg.randaugment,

@@ -135,8 +135,8 @@ class _RegisterAfterTimmLoads(importlib.abc.MetaPathFinder, importlib.abc.Loader
         return self._spec.loader.create_module(self._spec)
 
     def exec_module(self, module: ModuleType) -> None:
-        assert self._spec is not None and self._spec.loader is not None
         spec = self._spec
+        assert spec is not None and spec.loader is not None
         # the module must look as if the real loader had made it (timm's relative imports need
         # __path__ and __spec__ of the real package)
         module.__spec__ = spec

@@ -185,7 +185,7 @@ def record_extra(sample: Sample, g: Gate, settings: TrialSettings) -> dict[str, 
 
 def _infeasible_values(g: Gate, objectives: Mapping[str, str]) -> list[float]:
     known = {"val_top1": 0.0, "macs": g.macs, "params": g.params, "latency": LATENCY_UNKNOWN}
-    return [float(known[n]) if known[n] is not None else LATENCY_UNKNOWN for n in objectives]
+    return [float(v) if (v := known[n]) is not None else LATENCY_UNKNOWN for n in objectives]
 
 
 def evaluate(
@@ -231,6 +231,7 @@ def evaluate(
         record = _infeasible_record(space, sample, g, trial, settings, extra)
         return Outcome("infeasible", record, [], _infeasible_values(g, settings.objectives), g)
     assert g.model is not None and g.train is not None
+    assert sample.model is not None  # gate() gives no model for a sample without one
     previous = reuse(extra["params_sampled"]) if reuse is not None else None
     if previous is not None:
         if previous[0].get("latency") is not None:

@@ -163,7 +163,8 @@ class _Trial:
         self.data = TrialData(tcfg, self.device)
         seed_all(tcfg.seed)
         fmt = torch.channels_last if tcfg.channels_last else torch.contiguous_format
-        self.model = CvT(cfg).to(self.device, memory_format=fmt)
+        # two calls: torch's stubs have no Module.to overload taking device and memory_format
+        self.model = CvT(cfg).to(self.device).to(memory_format=fmt)
         self.optimizer = make_optimizer(self.model, tcfg.lr, tcfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=tcfg.precision == "fp16")
         self.criterion, self.mixup = make_loss(tcfg, cfg.num_classes)
@@ -315,7 +316,8 @@ def lr_at(step: int, steps_per_epoch: int, tcfg: TrainConfig) -> float:
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW without weight decay on norms, biases, cls tokens and position embeddings."""
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

@@ -255,13 +255,13 @@ def _validate(c: TrainConfig) -> None:
     for name, choices in (("resize", RESIZES), ("channels", CHANNELS), ("precision", PRECISIONS)):
         if getattr(c, name) not in choices:
             _fail(name, getattr(c, name), f"must be one of {list(choices)}")
-    for name, lo, hi, hi_open in (
+    for name, low, high, high_open in (
         ("val_fraction", 0.0, 1.0, True), ("label_smoothing", 0.0, 1.0, True),
         ("random_erasing", 0.0, 1.0, False), ("hflip", 0.0, 1.0, False),
     ):
         v = getattr(c, name)
-        if not _is_num(v) or v < lo or (v >= hi if hi_open else v > hi):
-            _fail(name, v, f"must be a number in [{lo}, {hi}{')' if hi_open else ']'}")
+        if not _is_num(v) or v < low or (v >= high if high_open else v > high):
+            _fail(name, v, f"must be a number in [{low}, {high}{')' if high_open else ']'}")
     for name in ("lr", "min_lr", "warmup_lr", "weight_decay", "warmup_epochs", "mixup", "cutmix"):
         v = getattr(c, name)
         if not _is_num(v) or v < 0 or v != v or v == float("inf"):

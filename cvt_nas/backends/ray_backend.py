@@ -141,7 +141,7 @@ def _searcher(run: SearchRun, storage: Any) -> Any:
             record = json.loads(result["record_json"]) if result and "record_json" in result \
                 else None
             state, values = optuna.trial.TrialState.FAIL, None
-            if record is not None:
+            if result is not None and record is not None:  # a record implies a result
                 ot_trial.set_user_attr("record", record)
                 ot_trial.set_user_attr("history", json.loads(result.get("history_json", "[]")))
                 status = record.get("status")
@@ -150,7 +150,9 @@ def _searcher(run: SearchRun, storage: Any) -> Any:
                     state = optuna.trial.TrialState.COMPLETE
                 elif status == "pruned":
                     state = optuna.trial.TrialState.PRUNED
-            self._ot_study.tell(ot_trial, values, state=state)
+            # ray's OptunaSearch.__init__ sets _ot_study = None, so mypy types it as None; it is
+            # an optuna.Study once the searcher is set up (it created _ot_trials[trial_id])
+            self._ot_study.tell(ot_trial, values, state=state)  # type: ignore[attr-defined]
             self._completed_trials.add(trial_id)
 
     objectives = run.settings.objectives

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
@@ -120,7 +120,8 @@ def open_study(storage: BaseStorage, name: str, objectives: dict[str, str],
     after ``--set`` overrides) is given, the same ``base``/``model``/``train``/``constraints``:
     resuming with another space would mix incomparable trials in one Pareto front.
     """
-    directions = ["maximize" if d == "max" else "minimize" for d in objectives.values()]
+    directions: list[Literal["maximize", "minimize"]] = [
+        "maximize" if d == "max" else "minimize" for d in objectives.values()]
     study = optuna.create_study(storage=storage, study_name=name, directions=directions,
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
     stored = study.user_attrs.get("objectives")

@@ -113,7 +113,8 @@ def _split_set(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     model_fields = set(CvTConfig.__dataclass_fields__) - {"extra"}
     train_fields = set(field_names())
-    model, train = {}, {}
+    model: dict[str, Any] = {}
+    train: dict[str, Any] = {}
     for key, value in values.items():
         prefix, _, rest = key.partition(".")
         if rest and prefix in ("model", "train"):

@@ -73,9 +73,9 @@ def _dominates_any(points: np.ndarray, by: np.ndarray) -> np.ndarray:
     step = max(1, 4_000_000 // max(1, len(by) * points.shape[1]))  # bound memory per chunk
     for start in range(0, len(points), step):
         p = points[start:start + step, None, :]  # (chunk, 1, M)
-        no_worse = (by[None, :, :] <= p).all(axis=2)  # (chunk, |by|)
-        better = (by[None, :, :] < p).any(axis=2)
-        out[start:start + step] = (no_worse & better).any(axis=1)
+        no_worse = np.all(by[None, :, :] <= p, axis=2)  # (chunk, |by|)
+        better = np.any(by[None, :, :] < p, axis=2)
+        out[start:start + step] = np.any(no_worse & better, axis=1)
     return out
 
 

@@ -217,7 +217,7 @@ def history_rows(study: str, trial: int, history: Iterable[Mapping[str, Any]] | 
     """Rows of the long per-epoch table for one trial (one row per reported epoch)."""
     rows = []
     for i, entry in enumerate(history or [], start=1):
-        row = {"study": study, "trial": int(trial)}
+        row: dict[str, Any] = {"study": study, "trial": int(trial)}
         row.update({k: _clean(v) for k, v in entry.items() if k not in ("study", "trial")})
         row["epoch"] = int(row.get("epoch", i))
         rows.append(row)
@@ -296,18 +296,18 @@ def _typed(values: list[Any], kind: str | None) -> pd.Series:
         kind = "str"  # per-block strings ("1,2,2,1") next to numbers
     kind = kind or _infer_kind(present)
     if kind == "int":
-        out = [None if m else int(v) for v, m in zip(values, missing, strict=True)]
-        return pd.Series(out, dtype="Int64")
+        ints = [None if m else int(v) for v, m in zip(values, missing, strict=True)]
+        return pd.Series(ints, dtype="Int64")
     if kind == "float":
         return pd.Series([np.nan if m else float(v) for v, m in zip(values, missing, strict=True)],
                          dtype="float64")
     if kind == "bool":
-        out = [None if m else _as_bool(v) for v, m in zip(values, missing, strict=True)]
-        return pd.Series(out, dtype="boolean")
+        bools = [None if m else _as_bool(v) for v, m in zip(values, missing, strict=True)]
+        return pd.Series(bools, dtype="boolean")
     if kind == "str":
-        out = [None if m else (v if isinstance(v, str) else format_blocks(v))
-               for v, m in zip(values, missing, strict=True)]
-        return pd.Series(out, dtype="str")
+        strs = [None if m else (v if isinstance(v, str) else format_blocks(v))
+                for v, m in zip(values, missing, strict=True)]
+        return pd.Series(strs, dtype="str")
     return pd.Series([None if m else v for v, m in zip(values, missing, strict=True)],
                      dtype=object)
 

@@ -227,6 +227,9 @@ def _parse_dist(raw: dict[str, Any], key: str, source: str, kind_of_field: str
     bounds = raw[kind]
     if not isinstance(bounds, list) or len(bounds) != 2:
         raise SpaceError(f"{source}: {key}.{kind}: expected [low, high], got {bounds!r}")
+    low: float  # ints for an int range
+    high: float
+    step: float | None
     if kind == "int":
         if kind_of_field not in ("int", "float", "any"):
             raise SpaceError(f"{source}: {key}: an int range does not fit a {kind_of_field} "
