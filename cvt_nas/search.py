@@ -91,6 +91,7 @@ class Outcome:
     history: list[dict[str, Any]] = field(default_factory=list)
     values: list[float] | None = None  # None: the sampler gets no values (pruned, failed)
     gate: Gate | None = None
+    reused: bool = False  # the result of an earlier trial with the same parameters
 
 
 def worker_tag() -> str:
@@ -280,7 +281,7 @@ def _reused(previous: tuple[dict[str, Any], list[dict[str, Any]]], trial: int,
               "reason": f"same parameters as trial {source['trial']}: its result, not retrained",
               "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
     return Outcome("complete", record, list(history),
-                   objective_values(record, settings.objectives), g)
+                   objective_values(record, settings.objectives), g, reused=True)
 
 
 def _infeasible_record(space: SearchSpace, sample: Sample, g: Gate, trial: int,

@@ -260,3 +260,10 @@ def test_a_resampled_architecture_reuses_the_result_and_retraining_would_match_i
     again = pd.read_csv(tmp_path / "retrain" / "trials.csv")
     assert (again["wall_time_s"] > 0).all() and again["reason"].isna().all()
     assert list(again["val_top1"]) == [trials.loc[0, "val_top1"]] * 2
+    # with the pareto-sha pruner a reused trial also carries the learning curve rungs compare
+    psha = tmp_path / "psha"
+    assert search(psha, "--trials", "2", "--pruner", "pareto-sha", "--set", "train.epochs=2",
+                  *fixed) == 0
+    first, second = load_study(store.default_storage_url(psha)).trials
+    assert len(first.user_attrs["curve"]) == 2
+    assert second.user_attrs["curve"] == first.user_attrs["curve"]

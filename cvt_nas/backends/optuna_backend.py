@@ -183,6 +183,9 @@ class Objective:
                            self.previous if run.reuse_duplicates else None)
         trial.set_user_attr("record", outcome.record)
         trial.set_user_attr("history", outcome.history)
+        if outcome.reused and run.pruner == "pareto-sha":  # a peer at the rungs it would reach
+            trial.set_user_attr("curve", [float(h["val_top1"]) for h in outcome.history
+                                          if h.get("val_top1") is not None])
         if outcome.values is not None:
             return outcome.values[0] if len(outcome.values) == 1 else outcome.values
         if outcome.status == "pruned":
