@@ -42,11 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cvt_nas.config import CvTConfig
 from cvt_nas.cost import Cost, analytic_cost
 from cvt_nas.presets import get_config
+from cvt_nas.yamlfile import read_yaml
 
 __all__ = [
     "SCALES",
@@ -264,12 +263,7 @@ def load_experiment(path: str | Path) -> Experiment:
             whose overrides give an invalid `CvTConfig`.
     """
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such experiment file (see experiments/*.yaml)")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{p}: not valid YAML: {exc}") from None
+    data = read_yaml(p, "experiment file", "see experiments/*.yaml", mapping=False)
     where = str(p)
     d = _check_keys(data, _TOP_KEYS, "the top level", where)
     scales = {name: _load_scale(name, value, where)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
+from cvt_nas.yamlfile import read_yaml
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 CHANNELS = ("native", "repeat")
@@ -140,10 +140,7 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         """Load a YAML mapping of TrainConfig fields (``yaml.safe_load``)."""
-        with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of TrainConfig fields")
+        data = read_yaml(path, "training config file", "write TrainConfig fields as key: value")
         return cls.from_dict(data, source=str(path))
 
     def replace(self, **overrides: Any) -> TrainConfig:

@@ -18,12 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cvt_nas.commands._common import parse_set
 from cvt_nas.config import CvTConfig
 from cvt_nas.presets import get_config
 from cvt_nas.train_config import RECIPES, TrainConfig, field_names, get_recipe
+from cvt_nas.yamlfile import read_yaml
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -61,9 +60,8 @@ def build_configs(args: argparse.Namespace) -> tuple[CvTConfig, TrainConfig, str
     file_train: dict[str, Any] = {}
     recipe = args.recipe
     if args.config:
-        data = yaml.safe_load(Path(args.config).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{args.config}: expected a mapping")
+        data = read_yaml(args.config, "config file",
+                         "give CvTConfig fields, or model:/train:/recipe: sections")
         if {"model", "train", "recipe"} & set(data):
             unknown = sorted(set(data) - {"model", "train", "recipe"})
             if unknown:

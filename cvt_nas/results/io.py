@@ -29,6 +29,7 @@ from cvt_nas.results.pareto import check_objectives, pareto_front
 from cvt_nas.results.plots import plot_pareto
 from cvt_nas.results.records import epochs_frame, records_frame
 from cvt_nas.results.tables import pareto_table, to_markdown
+from cvt_nas.yamlfile import read_yaml
 
 TRIALS_PARQUET = "trials.parquet"
 TRIALS_CSV = "trials.csv"
@@ -171,10 +172,7 @@ def load_meta(path: str | Path) -> dict[str, Any]:
     path = _results_dir(path)
     if not (path / STUDY_YAML).exists():
         return {}
-    with open(path / STUDY_YAML, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path / STUDY_YAML}: expected a mapping at the top level")
+    data: dict[str, Any] = read_yaml(path / STUDY_YAML, "study.yaml")
     return data
 
 

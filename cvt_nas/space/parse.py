@@ -9,14 +9,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cvt_nas.config import BLOCK_FIELDS, STAGE_FIELDS, CvTConfig
 from cvt_nas.presets import PRESETS
 from cvt_nas.space.analysis import require_satisfiable
 from cvt_nas.space.sampling import SearchSpace
 from cvt_nas.space.types import Budget, Dist, Entry, FieldSpec, SpaceError
 from cvt_nas.train_config import RECIPES, field_names, get_recipe
+from cvt_nas.yamlfile import read_yaml
 
 TOP_KEYS = ("name", "description", "base", "model", "train", "constraints", "search")
 DIST_KINDS = ("choice", "int", "float")
@@ -54,12 +53,8 @@ def load_space(path: str | Path, check: bool = True,
         FileNotFoundError: no such file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"search space {str(path)!r} does not exist; see search_spaces/")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpaceError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path, "search space file", "see search_spaces/ for examples", SpaceError,
+                     mapping=False)
     if overrides:
         data = apply_overrides(data, overrides, str(path))
     return parse_space(data, source=str(path), default_name=path.stem, check=check)
