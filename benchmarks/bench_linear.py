@@ -23,9 +23,11 @@ import torch.nn.functional as F
 import cvt_nas
 from cvt_nas.linear import onednn_linear, set_linear_backend
 
-# (tokens per image, in, out): CvT-13's q/k/v/out projections and MLP layers per stage, and the head.
-SHAPES = [(3137, 64, 64), (3137, 64, 256), (3137, 256, 64), (785, 192, 192), (785, 192, 768),
-          (785, 768, 192), (197, 384, 384), (197, 384, 1536), (197, 1536, 384)]
+# (tokens per image, in, out) of CvT-13's Linear layers at 224 px: q/k/v/out projections (q and
+# the block's tokens; k/v see a quarter) and MLP layers per stage. Stages 1-2 have 56x56 and
+# 28x28 tokens, stage 3 14x14 plus the cls token.
+SHAPES = [(3136, 64, 64), (3136, 64, 256), (3136, 256, 64), (784, 192, 192), (784, 192, 768),
+          (784, 768, 192), (197, 384, 384), (197, 384, 1536), (197, 1536, 384)]
 
 
 def fwd_bwd(fn: Callable, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,

@@ -24,7 +24,17 @@ import torch.nn.functional as F
 from torch import nn
 
 BACKENDS = ("auto", "onednn", "aten")
-_backend = os.environ.get("CVT_NAS_LINEAR", "auto")
+
+
+def _env_backend() -> str:
+    name = os.environ.get("CVT_NAS_LINEAR", "auto").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"environment variable CVT_NAS_LINEAR={name!r}: expected one of "
+                         f"{', '.join(BACKENDS)} (aten turns the oneDNN path off)")
+    return name
+
+
+_backend = _env_backend()
 
 
 def set_linear_backend(name: str) -> None:
@@ -42,20 +52,21 @@ def linear_backend() -> str:
 def _use_onednn(x: torch.Tensor) -> bool:
     return (
         _backend != "aten"
+        and not torch.jit.is_tracing()  # first: the checks below would warn under tracing
+        and not torch.jit.is_scripting()
+        and not torch.compiler.is_compiling()
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and torch.backends.mkldnn.is_available()
         and not torch.is_autocast_enabled("cpu")
-        and not torch.jit.is_tracing()
-        and not torch.jit.is_scripting()
-        and not torch.compiler.is_compiling()
+        and x.numel() > 0
     )
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` as a 1x1 convolution over a channels-last token row."""
     lead, k = x.shape[:-1], x.shape[-1]
-    rows = x.reshape(1, 1, -1, k)  # (1, 1, M, K): a view when x is contiguous
+    rows = x.contiguous().reshape(1, 1, -1, k)  # (1, 1, M, K): a view when x is contiguous
     grid = rows.permute(0, 3, 1, 2)  # (1, K, 1, M) with channels-last strides
     out = F.conv2d(grid, weight[:, :, None, None], bias)  # (1, N, 1, M), channels-last
     return out.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0])  # (..., N), a view

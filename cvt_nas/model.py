@@ -9,6 +9,7 @@ from torch import nn
 from cvt_nas.config import CvTConfig
 from cvt_nas.layers import Attention, Block, ConvEmbed
 from cvt_nas.linear import Linear
+from cvt_nas.presets import register_timm
 
 
 class Stage(nn.Module):
@@ -123,3 +124,6 @@ def _init_weights(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm | nn.BatchNorm2d):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
+
+
+register_timm()  # a backstop: timm is loaded by now, whatever happened to the import hook

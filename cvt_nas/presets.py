@@ -118,12 +118,18 @@ class _RegisterAfterTimmLoads(importlib.abc.MetaPathFinder, importlib.abc.Loader
 
     def __init__(self) -> None:
         self._spec: importlib.machinery.ModuleSpec | None = None
+        self._finding = False
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != "timm" or self._spec is not None:
+        # Probes (importlib.util.find_spec("timm"), as transformers does) get our wrapping spec
+        # too; the hook stays installed until timm is actually executed.
+        if fullname != "timm" or self._finding:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
+        self._finding = True  # the lookup below walks the meta path again, ourselves included
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._finding = False
         if spec is None or spec.loader is None:
             return spec
         self._spec = spec
@@ -145,6 +151,8 @@ class _RegisterAfterTimmLoads(importlib.abc.MetaPathFinder, importlib.abc.Loader
         if spec.submodule_search_locations is not None:
             module.__path__ = list(spec.submodule_search_locations)
         spec.loader.exec_module(module)
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
         register_timm()
 
 

@@ -211,9 +211,11 @@ def evaluate(
             use it to give their sampler the constraint value.
         reuse: looks up a finished ``complete`` trial of the study by its sampled parameters
             (``params_sampled``, JSON) and returns its record and history; a feasible sample
-            found there is not trained again (seeded CPU training is deterministic, so retraining
-            would give the same numbers): its result is copied under this trial's number with
-            ``wall_time_s`` 0 and ``reason`` naming the source trial.
+            found there is not trained again: its result is copied under this trial's number with
+            ``wall_time_s`` 0 and ``reason`` naming the source trial. Seeded CPU training on the
+            same thread count is deterministic, so retraining would give the same numbers; on
+            another thread count or device they differ by floating-point rounding (or GPU
+            nondeterminism), far less than seed-to-seed noise.
 
     Returns:
         The outcome; ``values`` are set for ``complete`` trials (the objectives) and for

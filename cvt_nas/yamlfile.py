@@ -24,12 +24,17 @@ def read_yaml(path: str | Path, what: str, hint: str = "", error: type[ValueErro
         mapping: require a mapping at the top level (an empty file gives ``{}``).
     """
     p = Path(path)
+    if p.is_dir():
+        raise error(f"{p}: is a directory, not a {what}" + (f"; {hint}" if hint else ""))
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such {what} (does not exist)" + (f"; {hint}" if hint else ""))
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise error(f"{p}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the {what} "
+                    "as UTF-8") from None
     if mapping:
         data = {} if data is None else data
         if not isinstance(data, dict):

@@ -44,7 +44,7 @@ def test_onednn_linear_matches_f_linear(shape: tuple[int, ...], bias: bool, cont
     out = onednn_linear(x, w, b)
     grads = torch.autograd.grad(out, [x, w] + ([b] if bias else []), g)
 
-    assert out.shape == ref.shape
+    assert out.shape == ref.shape and out.is_contiguous()
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
@@ -94,3 +94,14 @@ def test_state_dict_is_nn_linear() -> None:
     layer = Linear(8, 4)
     assert isinstance(layer, torch.nn.Linear)
     assert set(layer.state_dict()) == {"weight", "bias"}
+
+
+def test_empty_batches_and_a_bad_environment_value(monkeypatch) -> None:
+    layer = Linear(16, 8)
+    assert layer(torch.randn(0, 16)).shape == (0, 8)
+    assert layer(torch.randn(2, 0, 16)).shape == (2, 0, 8)
+    monkeypatch.setenv("CVT_NAS_LINEAR", "off")
+    with pytest.raises(ValueError, match="CVT_NAS_LINEAR='off': expected one of auto, onednn, aten"):
+        linear._env_backend()
+    monkeypatch.setenv("CVT_NAS_LINEAR", "ATEN")
+    assert linear._env_backend() == "aten"

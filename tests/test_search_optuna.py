@@ -237,6 +237,14 @@ def test_resuming_with_a_changed_space_is_refused_and_names_the_change(
     # the search section (trials, sampler, seed) may change between runs of one study
     assert search(out, "--trials", "2", "--sampler", "tpe", "--seed", "5") == 0
     assert len(load_study(store.default_storage_url(out)).trials) == 2
+    # a default that changed in the code (here: as if the study was made when the reduced
+    # recipe shifted by 4 px) is caught as well as an edit of the file
+    study = load_study(store.default_storage_url(out))
+    ident = study.user_attrs["space"]
+    assert ident["resolved_recipe"]["shift"] == 2
+    study.set_user_attr("space", {**ident, "resolved_recipe": {**ident["resolved_recipe"], "shift": 4}})
+    assert search(out, "--trials", "3") == 2
+    assert "(resolved_recipe.shift changed" in capsys.readouterr().err
 
 
 def test_a_resampled_architecture_reuses_the_result_and_retraining_would_match_it(
@@ -267,3 +275,10 @@ def test_a_resampled_architecture_reuses_the_result_and_retraining_would_match_i
     first, second = load_study(store.default_storage_url(psha)).trials
     assert len(first.user_attrs["curve"]) == 2
     assert second.user_attrs["curve"] == first.user_attrs["curve"]
+    # single-objective studies: the curve is replayed through trial.report for Optuna's pruners
+    med = tmp_path / "median"
+    assert search(med, "--trials", "2", "--objectives", "val_top1:max", "--pruner", "median",
+                  "--set", "train.epochs=2", *fixed) == 0
+    first, second = load_study(store.default_storage_url(med), "tiny").trials
+    assert len(first.intermediate_values) == 2
+    assert second.intermediate_values == first.intermediate_values

@@ -43,6 +43,12 @@ def test_a_mapping_is_required_where_asked(tmp_path: Path) -> None:
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match=r"list.yaml: expected a mapping .* got list"):
         read_yaml(listing, "config file")
+    with pytest.raises(ValueError, match=r": is a directory, not a config file"):
+        read_yaml(tmp_path, "config file")
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin.yaml: not UTF-8 text .* save the config file as UTF-8"):
+        read_yaml(latin, "config file")
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     assert read_yaml(empty, "config file") == {}

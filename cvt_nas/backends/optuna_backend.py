@@ -146,6 +146,17 @@ def _reporter(run: SearchRun, study: optuna.Study, trial: optuna.Trial) -> Repor
     return None
 
 
+def _replay_curve(run: SearchRun, trial: optuna.Trial, history: list[dict[str, Any]]) -> None:
+    """Give a reused trial its source's learning curve, so pruners see it as a peer."""
+    points = [(int(h["epoch"]), float(h["val_top1"])) for h in history
+              if h.get("val_top1") is not None and h.get("epoch") is not None]
+    if run.pruner == "pareto-sha":
+        trial.set_user_attr("curve", [v for _, v in points])
+    elif list(run.settings.objectives) == ["val_top1"]:  # Optuna's pruners read trial.report
+        for epoch, value in points:
+            trial.report(value, epoch)
+
+
 class Objective:
     """The Optuna objective: one trial of `cvt_nas.search.evaluate`, its record stored with it.
 
@@ -183,9 +194,8 @@ class Objective:
                            self.previous if run.reuse_duplicates else None)
         trial.set_user_attr("record", outcome.record)
         trial.set_user_attr("history", outcome.history)
-        if outcome.reused and run.pruner == "pareto-sha":  # a peer at the rungs it would reach
-            trial.set_user_attr("curve", [float(h["val_top1"]) for h in outcome.history
-                                          if h.get("val_top1") is not None])
+        if outcome.reused:
+            _replay_curve(run, trial, outcome.history)
         if outcome.values is not None:
             return outcome.values[0] if len(outcome.values) == 1 else outcome.values
         if outcome.status == "pruned":
@@ -244,7 +254,7 @@ def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[s
     make_sampler(run, run.seed)
     storage = store.make_storage(run.storage_url, run.heartbeat)
     study = store.open_study(storage, run.settings.study, run.settings.objectives,
-                             space=run.space.raw)
+                             space=run.space)
     store.fail_dead_trials(study)
     objectives = run.settings.objectives
     with store.Progress(run.storage_url, run.settings.study, run.trials, objectives, out_dir,

@@ -187,7 +187,7 @@ def run_ray(run: SearchRun, opts: RayOptions, out_dir: str | Path, meta: dict[st
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = store.make_storage(run.storage_url, heartbeat=None)
     study = store.open_study(storage, run.settings.study, run.settings.objectives,
-                             space=run.space.raw)
+                             space=run.space)
     store.fail_dead_trials(study, only_local=False)
     remaining = run.trials - store.tally(study).counted
     objectives = run.settings.objectives

@@ -30,6 +30,9 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from cvt_nas.space import SearchSpace
+from cvt_nas.train_config import get_recipe
+
 DEFAULT_DB = "study.db"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -92,14 +95,23 @@ def make_storage(url: str, heartbeat: int | None = 10) -> BaseStorage:
 SPACE_KEYS = ("base", "model", "train", "constraints")
 
 
-def space_identity(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON-normal form of a space file's ``base``, ``model``, ``train`` and ``constraints``."""
-    return json.loads(json.dumps({k: raw.get(k) for k in SPACE_KEYS}, sort_keys=True, default=str))
+def space_identity(space: SearchSpace) -> dict[str, Any]:
+    """What decides the meaning of a study's trials, in JSON-normal form.
+
+    The file's ``base``, ``model``, ``train`` and ``constraints`` sections (after ``--set``), plus
+    the base `CvTConfig` and the recipe's `TrainConfig` as this version of cvt-nas resolves them,
+    so that a changed default (e.g. a recipe's augmentation) is caught as well as an edit.
+    """
+    ident: dict[str, Any] = {k: space.raw.get(k) for k in SPACE_KEYS}
+    ident["resolved_base"] = space.base.to_dict()
+    ident["resolved_recipe"] = get_recipe(space.recipe).to_dict()
+    return json.loads(json.dumps(ident, sort_keys=True, default=str))
 
 
 def _changed_keys(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
-    for key in SPACE_KEYS:
+    order = {k: i for i, k in enumerate(SPACE_KEYS)}
+    for key in sorted(set(before) | set(now), key=lambda k: (order.get(k, len(order)), k)):
         a, b = before.get(key), now.get(key)
         if a == b:
             continue
@@ -113,12 +125,12 @@ def _changed_keys(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str
 def open_study(storage: BaseStorage, name: str, objectives: dict[str, str],
                sampler: optuna.samplers.BaseSampler | None = None,
                pruner: optuna.pruners.BasePruner | None = None,
-               space: Mapping[str, Any] | None = None) -> optuna.Study:
+               space: SearchSpace | None = None) -> optuna.Study:
     """Create the study or load it.
 
-    An existing study must have the same objectives and, when ``space`` (the space file's dict,
-    after ``--set`` overrides) is given, the same ``base``/``model``/``train``/``constraints``:
-    resuming with another space would mix incomparable trials in one Pareto front.
+    An existing study must have the same objectives and, when ``space`` is given, the same
+    `space_identity`: resuming with another space would mix incomparable trials in one Pareto
+    front. A study made before this check existed is stamped with the current identity.
     """
     directions: list[Literal["maximize", "minimize"]] = [
         "maximize" if d == "max" else "minimize" for d in objectives.values()]

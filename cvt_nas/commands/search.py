@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         "settings": {"backend": args.backend, "trials": trials, "sampler": sampler,
                      "pruner": pruner, "seed": seed, "storage": store.redact(url),
                      "n_workers": args.n_workers, "threads": threads, "device": args.device,
-                     "reuse_duplicates": not args.retrain_duplicates,
+                     "reuse_duplicates": args.backend == "optuna" and not args.retrain_duplicates,
                      "overrides": parse_set(args.set)},
     }
     print(f"cvt-nas search: study {study!r} ({args.backend}, {sampler}, pruner {pruner}), "
