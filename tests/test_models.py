@@ -74,14 +74,16 @@ def test_timm_registry() -> None:
         timm.create_model("cvt_13", pretrained=True)
 
 
-@pytest.mark.parametrize("timm_first", [False, True])
-def test_import_is_torch_free_and_timm_sees_presets_either_way(timm_first: bool) -> None:
-    """``import cvt_nas`` loads no torch; importing timm before or after it registers the presets."""
+@pytest.mark.parametrize("order", ["cvt_nas first", "timm first", "probe first"])
+def test_import_is_torch_free_and_timm_sees_presets_either_way(order: str) -> None:
+    """``import cvt_nas`` loads no torch; timm imported before or after it (or probed first with
+    ``importlib.util.find_spec``, as transformers does) knows the presets."""
     code = (
-        "import sys\n"
-        + ("import timm\n" if timm_first else "")
+        "import sys, importlib.util\n"
+        + ("import timm\n" if order == "timm first" else "")
         + "import cvt_nas, cvt_nas.space, cvt_nas.results\n"
-        + ("" if timm_first else "assert 'torch' not in sys.modules, 'torch imported'\n")
+        + ("" if order == "timm first" else "assert 'torch' not in sys.modules, 'torch imported'\n")
+        + ("assert importlib.util.find_spec('timm') is not None\n" if order == "probe first" else "")
         + "import timm\n"
         "m = timm.create_model('cvt_micro', num_classes=3)\n"
         "assert type(m).__name__ == 'CvT' and m.head.out_features == 3\n"
