@@ -126,7 +126,7 @@ def test_a_killed_search_resumes_without_retraining_or_losing_trials(
     if where.startswith("other"):
         study = load_study(url)
         study._storage.set_trial_user_attr(killed._trial_id, "worker", "elsewhere:1:1")
-        time.sleep(3.5)  # past the grace period: its heartbeat is stale
+        time.sleep(4.5)  # past the grace period (SQLite's clock has 1 s steps): it is stale
     assert main(args) == 0  # the same command again
     study = load_study(url)
     records = [t.user_attrs["record"] for t in study.trials if "record" in t.user_attrs]
@@ -282,3 +282,22 @@ def test_a_resampled_architecture_reuses_the_result_and_retraining_would_match_i
     first, second = load_study(store.default_storage_url(med), "tiny").trials
     assert len(first.intermediate_values) == 2
     assert second.intermediate_values == first.intermediate_values
+
+
+def test_another_machines_dead_trial_is_failed_and_queued_before_the_study_is_counted(
+        tmp_path: Path) -> None:
+    """A dead RUNNING trial counts toward --trials; it must be failed by its stale heartbeat
+    before a resumed run counts the study, or a run whose last trial died would end short."""
+    storage = store.make_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=1)
+    study = store.open_study(storage, "s", {"val_top1": "max"})
+    trial = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    study._storage.set_trial_user_attr(trial._trial_id, "worker", "elsewhere:1:1")
+    storage.record_heartbeat(trial._trial_id)  # its machine then dies
+    assert store.tally(study).counted == 1
+    time.sleep(4.5)  # past the grace period (3 x heartbeat; SQLite's clock has 1 s steps)
+    assert store.fail_dead_trials(study) == [trial.number]
+    assert store.tally(study).counted == 0
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert states[trial.number] == "FAIL"
+    queued = [t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
+    assert len(queued) == 1 and queued[0].params == {"x": trial.params["x"]}

@@ -211,9 +211,13 @@ def run_worker(run: SearchRun, index: int = 0) -> int:
     study = store.open_study(storage, run.settings.study, run.settings.objectives,
                              make_sampler(run, seed), make_pruner(run))
     objective = Objective(run, study)
-    store.fail_dead_trials(study)
     ran = 0
-    while store.tally(study).counted < run.trials and not STOP.is_set():
+    while not STOP.is_set():
+        # dead trials (this machine: by pid; others: by heartbeat) are failed and their
+        # parameters queued before each count, since a dead RUNNING trial still counts
+        store.fail_dead_trials(study)
+        if store.tally(study).counted >= run.trials:
+            break
         study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial),
                        gc_after_trial=True)
         ran += 1

@@ -220,6 +220,14 @@ def _alive(tag: str) -> bool:
     return not start or now == start  # a different start time: the pid was reused
 
 
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's heartbeat check (FAIL trials with a stale heartbeat, run the storage's callback),
+    without its experimental-API warning; a no-op for storages without heartbeats."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def fail_dead_trials(study: optuna.Study, only_local: bool = True) -> list[int]:
     """Fail RUNNING trials whose worker process is gone and retry their parameters once.
 
@@ -228,6 +236,14 @@ def fail_dead_trials(study: optuna.Study, only_local: bool = True) -> list[int]:
     RUNNING or WAITING trial is failed (for a backend that is the study's only driver).
     """
     failed = []
+    # Other machines' dead trials: stale heartbeat -> FAIL, and `retry_trial` (the storage's
+    # stale-trial callback) queues their parameters. Done here, before anyone counts the study:
+    # a dead RUNNING trial still counts toward --trials. (A no-op without heartbeats; the
+    # study's storage is Optuna's cache wrapper, not the RDBStorage itself.)
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    fail_stale_trials(study)
+    failed += sorted(running - {t.number for t in study.get_trials(
+        deepcopy=False, states=(TrialState.RUNNING,))})
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         tag = t.user_attrs.get("worker")
         if only_local and (t.state != TrialState.RUNNING or tag is None or _alive(tag)):
