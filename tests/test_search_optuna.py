@@ -284,6 +284,7 @@ def test_a_resampled_architecture_reuses_the_result_and_retraining_would_match_i
     assert second.intermediate_values == first.intermediate_values
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_another_machines_dead_trial_is_failed_and_queued_before_the_study_is_counted(
         tmp_path: Path) -> None:
     """A dead RUNNING trial counts toward --trials; it must be failed by its stale heartbeat
