@@ -302,3 +302,13 @@ def test_another_machines_dead_trial_is_failed_and_queued_before_the_study_is_co
     assert states[trial.number] == "FAIL"
     queued = [t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
     assert len(queued) == 1 and queued[0].params == {"x": trial.params["x"]}
+
+
+def test_progress_line_shows_elapsed_time_and_an_estimate_of_the_rest(tmp_path: Path) -> None:
+    assert [store._duration(s) for s in (4.6, 185, 7620)] == ["5 s", "3 min 05 s", "2 h 07 min"]
+    progress = store.Progress("sqlite:///x.db", "s", total=10, objectives={"val_top1": "max"},
+                              out_dir=tmp_path, meta={}, show=False)
+    progress._start -= 60  # this run started a minute ago, when 4 trials were already done
+    assert progress.timing(4) == "1 min 00 s elapsed"
+    assert progress.timing(6) == "1 min 00 s elapsed, ~2 min 00 s left"  # 30 s a trial, 4 to go
+    assert progress.timing(10) == "1 min 00 s elapsed"

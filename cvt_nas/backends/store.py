@@ -323,6 +323,16 @@ def _short(name: str, value: Any) -> str:
     return f"{value / scale[0]:.3g}{scale[1]} {name}"
 
 
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
 class Progress:
     """A background thread printing a one-line status to stderr and refreshing the results."""
 
@@ -335,8 +345,11 @@ class Progress:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._last = ""
+        self._start = time.monotonic()
+        self._done_at_start: int | None = None
 
     def __enter__(self) -> Progress:
+        self._start = time.monotonic()
         self._thread.start()
         return self
 
@@ -351,15 +364,28 @@ class Progress:
         return (f"[{self.name}] {t.done}/{self.total} done ({status}), {t.running} running | "
                 f"{front_summary(records, self.objectives)}")
 
+    def timing(self, done: int) -> str:
+        """Elapsed time of this run and, once it finished a trial, a naive estimate of the rest."""
+        if self._done_at_start is None:
+            self._done_at_start = done
+        elapsed = time.monotonic() - self._start
+        text = f"{_duration(elapsed)} elapsed"
+        finished = done - self._done_at_start
+        if finished > 0 and done < self.total:
+            text += f", ~{_duration(elapsed / finished * (self.total - done))} left"
+        return text
+
     def _run(self) -> None:
         study = optuna.load_study(study_name=self.name,
                                   storage=make_storage(self.url, heartbeat=None))
+        self.timing(tally(study).done)  # trials done before this run do not count for the rate
         last_write = time.monotonic()
         while not self._stop.wait(self.every):
             try:
                 text = self.line(study)
-                if self.show and text != self._last:
-                    print(text, file=sys.stderr, flush=True)
+                if self.show and text != self._last:  # a new line only when the study changed
+                    print(f"{text} | {self.timing(tally(study).done)}", file=sys.stderr,
+                          flush=True)
                     self._last = text
                 if time.monotonic() - last_write > self.write_every:
                     write_results(study, self.out_dir, self.objectives, self.meta)
