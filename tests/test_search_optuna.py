@@ -245,6 +245,11 @@ def test_resuming_with_a_changed_space_is_refused_and_names_the_change(
     study.set_user_attr("space", {**ident, "resolved_recipe": {**ident["resolved_recipe"], "shift": 4}})
     assert search(out, "--trials", "3") == 2
     assert "(resolved_recipe.shift changed" in capsys.readouterr().err
+    # a study stamped by an older cvt-nas (without the resolved parts) resumes, and is completed
+    older = {k: v for k, v in ident.items() if not k.startswith("resolved_")}
+    study.set_user_attr("space", older)
+    assert search(out, "--trials", "2") == 0
+    assert load_study(store.default_storage_url(out)).user_attrs["space"] == ident
 
 
 def test_a_resampled_architecture_reuses_the_result_and_retraining_would_match_it(

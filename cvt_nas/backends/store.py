@@ -130,7 +130,8 @@ def open_study(storage: BaseStorage, name: str, objectives: dict[str, str],
 
     An existing study must have the same objectives and, when ``space`` is given, the same
     `space_identity`: resuming with another space would mix incomparable trials in one Pareto
-    front. A study made before this check existed is stamped with the current identity.
+    front. A study made before this check existed is stamped with the current identity; one
+    stamped by an older cvt-nas is compared on the parts that version recorded, then completed.
     """
     directions: list[Literal["maximize", "minimize"]] = [
         "maximize" if d == "max" else "minimize" for d in objectives.values()]
@@ -144,14 +145,16 @@ def open_study(storage: BaseStorage, name: str, objectives: dict[str, str],
                          f"--objectives {','.join(stored)} or pick a new --study name")
     if space is not None:
         ident, before = space_identity(space), study.user_attrs.get("space")
-        if before is None:
+        if before is not None:
+            # compare the parts both versions record: an older cvt-nas stamped fewer of them
+            changed = _changed_keys(before, {k: v for k, v in ident.items() if k in before})
+            if changed:
+                raise ValueError(f"study {name!r} was created from a different search space "
+                                 f"({', '.join(changed)} changed, e.g. by an edit or --set); its "
+                                 "trials are not comparable with new ones. Undo the change to "
+                                 "resume, or pick a new --study name (or --out directory)")
+        if before != ident:  # a new study, or one stamped by an older version: complete the stamp
             study.set_user_attr("space", ident)
-        elif before != ident:
-            changed = _changed_keys(before, ident)
-            raise ValueError(f"study {name!r} was created from a different search space "
-                             f"({', '.join(changed)} changed, e.g. by an edit or --set); its "
-                             "trials are not comparable with new ones. Undo the change to resume, "
-                             "or pick a new --study name (or --out directory)")
     return study
 
 
