@@ -47,7 +47,8 @@ def profile(
         from cvt_nas.flops import fvcore_cost
         from cvt_nas.model import CvT
 
-        model = CvT(target) if isinstance(target, CvTConfig) else target
+        # a config is built at the asked size (the position embedding's size depends on it)
+        model = CvT(target.replace(img_size=size)) if isinstance(target, CvTConfig) else target
         fv = fvcore_cost(model, size)
     best = fv if fv is not None else ana
     assert best is not None

@@ -90,6 +90,14 @@ def test_costs_only_command_writes_the_cost_columns(tmp_path: Path) -> None:
     assert not (tmp_path / "studies.db").exists()  # nothing trained, no study
 
 
+def test_costs_only_without_out_prints_and_writes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)  # the default output folder would be results/ablations/<name>
+    assert main(["ablate", str(EXPERIMENTS / "table7_kv_stride.yaml"), "--costs-only"]) == 0
+    assert "| a | k/v stride 1 |" in capsys.readouterr().out
+    assert not (tmp_path / "results").exists()  # a trained table there is never overwritten
+
+
 def test_paper_only_rows_have_no_costs() -> None:
     c = _costs("table5_position_embedding")
     assert c["a"]["params"] is None and c["b"]["params"] is None

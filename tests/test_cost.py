@@ -153,3 +153,13 @@ def test_profile_reports_both_counts() -> None:
     assert prof.analytic.macs == prof.fvcore.macs == prof.macs
     with pytest.raises(ValueError, match="unknown method"):
         cvt_nas.profile(get_config("cvt_micro"), method="ptflops")  # type: ignore[arg-type]
+
+
+def test_profile_of_a_config_counts_both_ways_at_the_asked_size() -> None:
+    # the position embedding's size depends on the image size: fvcore's model must be built
+    # at the size the analytic count uses
+    cfg = cvt_nas.get_config("cvt_micro", pos_embed=True)
+    prof = cvt_nas.profile(cfg, img_size=48, method="both")
+    assert prof.analytic is not None and prof.fvcore is not None
+    assert prof.analytic.params == prof.fvcore.params > cvt_nas.analytic_cost(cfg).params
+    assert prof.analytic.macs == prof.fvcore.macs

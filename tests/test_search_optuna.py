@@ -99,7 +99,8 @@ def test_a_killed_search_resumes_without_retraining_or_losing_trials(
     url = str(journal) if where.endswith("journal") else store.default_storage_url(out)
     args = ["search", str(TINY), "--out", str(out), "--storage", url, "--trials", "3",
             "--sampler", "random", "--seed", "0", "--threads", "1", "--quiet", "--heartbeat", "1",
-            "--set", "constraints.max_params=1M"]
+            "--set", "constraints.max_params=1M",
+            "--set", "train.epochs=3"]  # trials of a few seconds: time to catch one running
     log = tmp_path / "killed.log"
     proc = subprocess.Popen([sys.executable, "-m", "cvt_nas.cli", *args], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=log.open("w"))
@@ -135,7 +136,10 @@ def test_a_killed_search_resumes_without_retraining_or_losing_trials(
     zombie = study.trials[killed.number]
     assert zombie.state.name == "FAIL" and "record" not in zombie.user_attrs
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
-    assert len(retry) == 1 and retry[0].params == killed.params and "record" in retry[0].user_attrs
+    # the retry carries what the dead trial had drawn (it may have died mid-sampling; the retry
+    # then draws the rest)
+    assert len(retry) == 1 and "record" in retry[0].user_attrs
+    assert zombie.params and zombie.params.items() <= retry[0].params.items()
     kept = next(r for r in records if r["trial"] == first["trial"])
     assert kept["finished_at"] == first["finished_at"]  # never retrained
     table = pd.read_csv(out / "trials.csv")

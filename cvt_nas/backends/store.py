@@ -196,6 +196,9 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queue a dead trial's parameters again (once), unless it already recorded a result."""
     if "record" in trial.user_attrs or trial.system_attrs.get("retry_history"):
         return
+    if any(t.system_attrs.get("failed_trial") == trial.number  # another worker queued it already
+           for t in study.get_trials(deepcopy=False)):
+        return
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
         system_attrs={"failed_trial": trial.number, "retry_history": [trial.number]}))
@@ -245,8 +248,8 @@ def fail_dead_trials(study: optuna.Study, only_local: bool = True) -> list[int]:
     # study's storage is Optuna's cache wrapper, not the RDBStorage itself.)
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     fail_stale_trials(study)
-    failed += sorted(running - {t.number for t in study.get_trials(
-        deepcopy=False, states=(TrialState.RUNNING,))})
+    failed += sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                     if t.number in running)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         tag = t.user_attrs.get("worker")
         if only_local and (t.state != TrialState.RUNNING or tag is None or _alive(tag)):
@@ -383,15 +386,20 @@ class Progress:
                                   storage=make_storage(self.url, heartbeat=None))
         self.timing(tally(study).done)  # trials done before this run do not count for the rate
         last_write = time.monotonic()
-        while not self._stop.wait(self.every):
+        while True:
+            stopping = self._stop.wait(self.every)
             try:
-                text = self.line(study)
-                if self.show and text != self._last:  # a new line only when the study changed
-                    print(f"{text} | {self.timing(tally(study).done)}", file=sys.stderr,
-                          flush=True)
-                    self._last = text
-                if time.monotonic() - last_write > self.write_every:
+                self._print_if_changed(study)  # once more when stopping: the final count
+                if not stopping and time.monotonic() - last_write > self.write_every:
                     write_results(study, self.out_dir, self.objectives, self.meta)
                     last_write = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - a status line must never stop a search
                 print(f"[{self.name}] progress: {exc}", file=sys.stderr, flush=True)
+            if stopping:
+                return
+
+    def _print_if_changed(self, study: optuna.Study) -> None:
+        text = self.line(study)
+        if self.show and text != self._last:  # a new line only when the study changed
+            print(f"{text} | {self.timing(tally(study).done)}", file=sys.stderr, flush=True)
+            self._last = text

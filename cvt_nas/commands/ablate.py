@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="reduced (CPU, Fashion-MNIST; default) or paper (ImageNet recipe)")
     p.add_argument("--seeds", type=int, help="seeds per row (default: the scale's)")
     p.add_argument("--costs-only", action="store_true",
-                   help="only our exact params/MACs next to the paper's (no training)")
+                   help="print our exact params/MACs next to the paper's (no training); writes "
+                        "table.csv/.md only with --out, so trained tables are never overwritten")
     p.add_argument("--out", help="output folder (default: results/ablations/<name>)")
     p.add_argument("--storage", help="Optuna storage URL or journal file (default: SQLite "
                    "studies.db next to the output folder, shared by the tables)")
@@ -37,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("results/ablations") / exp.name)
     if args.costs_only:
         table = build_table(exp, args.scale)
-        write_table(exp, args.scale, table, out)
+        if args.out:
+            write_table(exp, args.scale, table, out)
         print(table_markdown(exp, args.scale, table), end="")
         return 0
     if args.scale not in exp.scales:
