@@ -321,3 +321,25 @@ def test_progress_line_shows_elapsed_time_and_an_estimate_of_the_rest(tmp_path: 
     assert progress.timing(4) == "1 min 00 s elapsed"
     assert progress.timing(6) == "1 min 00 s elapsed, ~2 min 00 s left"  # 30 s a trial, 4 to go
     assert progress.timing(10) == "1 min 00 s elapsed"
+
+
+def _open_after(barrier, url: str) -> None:  # noqa: ANN001 - a multiprocessing.Barrier
+    barrier.wait()
+    store.make_storage(url, heartbeat=None)
+
+
+def test_many_workers_opening_a_new_sqlite_study_at_once_all_succeed(tmp_path: Path) -> None:
+    """Creating the schema of a new database races ("table ... already exists"); the losers wait
+    for the winner instead of failing."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'new{round_}.db'}"
+        barrier = ctx.Barrier(4)
+        procs = [ctx.Process(target=_open_after, args=(barrier, url)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0, 0, 0]

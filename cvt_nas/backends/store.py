@@ -79,15 +79,23 @@ def make_storage(url: str, heartbeat: int | None = 10) -> BaseStorage:
     if heartbeat:
         kwargs.update(heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
                       heartbeat_stale_trial_callback=retry_trial)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, **kwargs)
-    except Exception as exc:  # unreachable server, missing driver, bad URL
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot open Optuna storage {redact(url)}: {msg}; check the URL, that "
-                         "the database server runs and accepts this user, and that its driver "
-                         "is installed (pip install psycopg2-binary for PostgreSQL)") from None
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, **kwargs)
+        except Exception as exc:  # unreachable server, missing driver, bad URL
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "already exists" in msg and attempt < 4:
+                # another process is creating the schema of this new database right now (many
+                # workers starting at once): it is there in a moment
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise ValueError(f"cannot open Optuna storage {redact(url)}: {msg}; check the URL, "
+                             "that the database server runs and accepts this user, and that its "
+                             "driver is installed (pip install psycopg2-binary for PostgreSQL)"
+                             ) from None
+    raise AssertionError("unreachable")
 
 
 # The parts of a space file that decide what a trial means; `search` (trials, sampler, ...) may
