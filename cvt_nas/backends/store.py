@@ -52,6 +52,10 @@ def redact(url: str) -> str:
     return url
 
 
+# What losing the race to create a new database's schema looks like (SQLite, PostgreSQL).
+_SCHEMA_RACE = ("already exists", "UNIQUE constraint failed", "duplicate key value")
+
+
 def make_storage(url: str, heartbeat: int | None = 10) -> BaseStorage:
     """An Optuna storage from a URL or a journal-file path.
 
@@ -86,7 +90,7 @@ def make_storage(url: str, heartbeat: int | None = 10) -> BaseStorage:
                 return RDBStorage(url, **kwargs)
         except Exception as exc:  # unreachable server, missing driver, bad URL
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if "already exists" in msg and attempt < 4:
+            if any(m in msg for m in _SCHEMA_RACE) and attempt < 4:
                 # another process is creating the schema of this new database right now (many
                 # workers starting at once): it is there in a moment
                 time.sleep(0.5 * (attempt + 1))
