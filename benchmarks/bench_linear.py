@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from bench_speed import alternate  # this folder is on sys.path when run as a script
 
 import cvt_nas
 from cvt_nas.linear import onednn_linear, set_linear_backend
@@ -38,15 +38,10 @@ def fwd_bwd(fn: Callable, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
     return step
 
 
-def rate(fns: dict[str, Callable[[], None]], flops: float, repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(repeats + 2):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            if i >= 2:
-                times[name].append(time.perf_counter() - t)
-    return {k: flops / statistics.median(v) / 1e9 for k, v in times.items()}
+def per_second(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Calls per second of each function, timed alternately (the loop of `bench_speed`)."""
+    wall, _ = alternate(fns, repeats, warmup=2)
+    return {k: 1.0 / statistics.median(v) for k, v in wall.items()}
 
 
 def model_steps(name: str, batch: int, img_size: int, repeats: int) -> None:
@@ -65,7 +60,8 @@ def model_steps(name: str, batch: int, img_size: int, repeats: int) -> None:
 
         return run
 
-    r = rate({"aten": step("aten"), "onednn": step("onednn")}, batch * 1e9, repeats)
+    r = {k: batch * v for k, v in per_second({"aten": step("aten"), "onednn": step("onednn")},
+                                               repeats).items()}
     print(f"{name} training step, batch {batch}, {img_size} px: F.linear {r['aten']:.0f} img/s, "
           f"oneDNN {r['onednn']:.0f} img/s, ratio {r['onednn'] / r['aten']:.2f}x")
 
@@ -91,8 +87,9 @@ def main() -> None:
         b = torch.randn(n, requires_grad=True)
         g = torch.randn(m_rows, n)
         flops = 3 * 2 * m_rows * k * n
-        r = rate({"aten": fwd_bwd(F.linear, x, w, b, g), "onednn": fwd_bwd(onednn_linear, x, w, b, g)},
-                 flops, args.repeats)
+        calls = per_second({"aten": fwd_bwd(F.linear, x, w, b, g),
+                            "onednn": fwd_bwd(onednn_linear, x, w, b, g)}, args.repeats)
+        r = {k: flops * v / 1e9 for k, v in calls.items()}
         print(f"{f'{m_rows} x {k} -> {n}':<22} {r['aten']:>17.0f} {r['onednn']:>15.0f} "
               f"{r['onednn'] / r['aten']:>6.2f}x", flush=True)
 
