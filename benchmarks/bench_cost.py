@@ -11,9 +11,9 @@ import time
 import torch
 
 import cvt_nas
-from cvt_nas.cost import analytic_cost
-from cvt_nas.flops import fvcore_cost
-from cvt_nas.presets import get_config
+from cvt_nas.model.cost import analytic_cost
+from cvt_nas.model.fvcore_count import fvcore_cost
+from cvt_nas.model.presets import get_config
 
 
 def main() -> None:

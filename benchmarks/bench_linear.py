@@ -2,7 +2,7 @@
 
 For each Linear shape of CvT-13 at batch 16 (and a square 2048 GEMM as the machine's ceiling) it
 times forward + backward (input and weight gradients, 3 GEMMs) of ``F.linear`` and of
-``cvt_nas.linear.onednn_linear`` alternately in one process and prints GFLOP/s and the ratio.
+``cvt_nas.model.linear.onednn_linear`` alternately in one process and prints GFLOP/s and the ratio.
 With ``--model NAME`` it instead times whole training steps (forward, backward, AdamW) of that
 preset with its Linear layers on each backend.
 
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from bench_speed import alternate  # this folder is on sys.path when run as a script
 
 import cvt_nas
-from cvt_nas.linear import onednn_linear, set_linear_backend
+from cvt_nas.model.linear import onednn_linear, set_linear_backend
 
 # (tokens per image, in, out) of CvT-13's Linear layers at 224 px: q/k/v/out projections (q and
 # the block's tokens; k/v see a quarter) and MLP layers per stage. Stages 1-2 have 56x56 and

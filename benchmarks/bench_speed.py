@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 import cvt_nas
-from cvt_nas.linear import linear_backend, set_linear_backend
+from cvt_nas.model.linear import linear_backend, set_linear_backend
 
 
 def hf_cvt13(num_classes: int) -> torch.nn.Module:

@@ -9,14 +9,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from cvt_nas.config import CvTConfig
-from cvt_nas.cost import Cost, analytic_cost
-from cvt_nas.presets import create_model, get_config, list_models, register_timm_on_import
-from cvt_nas.profile import Profile, profile
+from cvt_nas.model.config import CvTConfig
+from cvt_nas.model.cost import Cost, analytic_cost
+from cvt_nas.model.presets import get_config, list_models
+from cvt_nas.model.profiling import Profile, profile
+from cvt_nas.model.registry import register_timm_on_import
 
 if TYPE_CHECKING:
-    from cvt_nas.model import CvT
-    from cvt_nas.weights import LoadReport, load_pretrained
+    from cvt_nas.model.network import CvT, create_model
+    from cvt_nas.model.weights import LoadReport, load_pretrained
+    from cvt_nas.training.trainer import TrialResult, run_trial
 
 __version__ = "0.1.0"
 
@@ -32,9 +34,18 @@ __all__ = [
     "list_models",
     "load_pretrained",
     "profile",
+    "run_trial",
+    "TrialResult",
 ]
 
-_LAZY = {"CvT": "cvt_nas.model", "LoadReport": "cvt_nas.weights", "load_pretrained": "cvt_nas.weights"}
+_LAZY = {
+    "CvT": "cvt_nas.model.network",
+    "create_model": "cvt_nas.model.network",
+    "LoadReport": "cvt_nas.model.weights",
+    "load_pretrained": "cvt_nas.model.weights",
+    "TrialResult": "cvt_nas.training.trainer",
+    "run_trial": "cvt_nas.training.trainer",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 
 COMMANDS = ("models", "profile", "train", "search", "report", "compare", "ablate")
 
-_argv: list[str] | None = None
 
 
-def command_line() -> str:
-    """The `cvt-nas ...` command being run (also when `main` is called from Python), for records."""
-    argv = _argv if _argv is not None else sys.argv[1:]
-    return shlex.join(["cvt-nas", *argv])
+def command_line(argv: Sequence[str]) -> str:
+    """The `cvt-nas ...` command as run, passwords hidden, for records (study.yaml, ...)."""
+    from cvt_nas.common.storage import redact
+
+    return redact(shlex.join(["cvt-nas", *argv]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,10 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    global _argv
-    _argv = list(argv) if argv is not None else sys.argv[1:]
+    argv = list(argv) if argv is not None else sys.argv[1:]
     parser = build_parser()
-    args = parser.parse_args(_argv)
+    args = parser.parse_args(argv)
+    args.command_line = command_line(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as exc:

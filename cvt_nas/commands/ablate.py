@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cvt_nas.ablate import SCALES, load_experiment
-from cvt_nas.ablate_table import build_table, table_markdown, write_table
+from cvt_nas.ablation.experiment import SCALES, load_experiment
+from cvt_nas.ablation.table import build_table, table_markdown, write_table
 from cvt_nas.commands._common import parse_set
 
 
@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     seeds = args.seeds or exp.scales[args.scale].seeds
     if seeds < 1 or args.n_workers < 1:
         raise ValueError("--seeds and --n-workers must be >= 1")
-    from cvt_nas.ablate_run import default_storage, run_experiment
-    from cvt_nas.ablate_table import records_from_study
+    from cvt_nas.ablation.runner import default_storage, run_experiment
+    from cvt_nas.ablation.table import records_from_study
     from cvt_nas.results import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
@@ -62,22 +62,6 @@ def run(args: argparse.Namespace) -> int:
     epochs.to_csv(out / "epochs.csv", index=False)
     table = build_table(exp, args.scale, records)
     write_table(exp, args.scale, table, out)
-    atomic_write_text(out / "command.txt", _command_line(args, storage) + "\n")
+    atomic_write_text(out / "command.txt", args.command_line + "\n")
     print(table_markdown(exp, args.scale, table), end="")
     return 0
-
-
-def _command_line(args: argparse.Namespace, storage: str) -> str:
-    parts = ["cvt-nas ablate", args.experiment, f"--scale {args.scale}"]
-    if args.seeds:
-        parts.append(f"--seeds {args.seeds}")
-    if args.out:
-        parts.append(f"--out {args.out}")
-    if args.storage:
-        parts.append(f"--storage {args.storage}")
-    if args.n_workers != 1:
-        parts.append(f"--n-workers {args.n_workers}")
-    if args.threads:
-        parts.append(f"--threads {args.threads}")
-    parts += [f"--set {s}" for s in args.set or []]
-    return " ".join(parts)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from cvt_nas.cost import analytic_cost
-from cvt_nas.presets import PRESETS
+from cvt_nas.model.cost import analytic_cost
+from cvt_nas.model.presets import PRESETS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -6,8 +6,8 @@ import argparse
 import json
 
 from cvt_nas.commands._common import parse_set
-from cvt_nas.presets import get_config
-from cvt_nas.profile import profile
+from cvt_nas.model.presets import get_config
+from cvt_nas.model.profiling import profile
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -72,14 +72,14 @@ def _terminate(signum: int, frame: Any) -> None:
     The flag stops the worker loop even if the KeyboardInterrupt lands somewhere that swallows
     it (a garbage-collection callback): then the running trial ends first.
     """
-    from cvt_nas.backends.optuna_backend import STOP
+    from cvt_nas.search.optuna_backend import STOP
 
     STOP.set()
     raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvt_nas.search import TrialSettings
+    from cvt_nas.search.trial import TrialSettings
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
@@ -105,31 +105,31 @@ def run(args: argparse.Namespace) -> int:
         threads = args.threads or max(1, int(args.cpus_per_trial))
     settings = TrialSettings(study=study, backend=args.backend, objectives=dict(objectives),
                              device=args.device, threads=threads)
-    from cvt_nas.backends import store
-    from cvt_nas.backends.optuna_backend import SearchRun
-    from cvt_nas.search import preflight
+    from cvt_nas.common.storage import default_storage_url, redact
+    from cvt_nas.search.optuna_backend import SearchRun
+    from cvt_nas.search.trial import preflight
 
     preflight(space, settings)
 
-    url = args.storage or store.default_storage_url(out)
+    url = args.storage or default_storage_url(out)
     search = SearchRun(space=space, settings=settings, storage_url=url, trials=trials,
                        sampler=sampler, pruner=pruner, seed=seed,
                        population_size=args.population_size or defaults.get("population_size"),
                        heartbeat=args.heartbeat or None,
                        reuse_duplicates=not args.retrain_duplicates)
     meta: dict[str, Any] = {
-        "space_file": str(args.space), "space": space.raw,
+        "command": args.command_line, "space_file": str(args.space), "space": space.raw,
         "settings": {"backend": args.backend, "trials": trials, "sampler": sampler,
-                     "pruner": pruner, "seed": seed, "storage": store.redact(url),
+                     "pruner": pruner, "seed": seed, "storage": redact(url),
                      "n_workers": args.n_workers, "threads": threads, "device": args.device,
                      "reuse_duplicates": args.backend == "optuna" and not args.retrain_duplicates,
                      "overrides": parse_set(args.set)},
     }
     print(f"cvt-nas search: study {study!r} ({args.backend}, {sampler}, pruner {pruner}), "
-          f"{trials} trials, objectives {objectives}, storage {store.redact(url)}",
+          f"{trials} trials, objectives {objectives}, storage {redact(url)}",
           file=sys.stderr)
     if args.backend == "ray":
-        from cvt_nas.backends.ray_backend import RayOptions, run_ray
+        from cvt_nas.search.ray_backend import RayOptions, run_ray
 
         if args.n_workers > 1:
             raise ValueError("--n-workers is for the optuna backend; Ray runs as many trials at "
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         if args.address:
             raise ValueError("--address is for --backend ray; the optuna backend shares a "
                              "study through --storage")
-        from cvt_nas.backends.optuna_backend import run_search
+        from cvt_nas.search.optuna_backend import run_search
 
         run_search(search, args.n_workers, out, meta, progress=not args.quiet)
     _summary(out, study)

@@ -12,17 +12,16 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cvt_nas.commands._common import parse_set
-from cvt_nas.config import CvTConfig
-from cvt_nas.presets import get_config
-from cvt_nas.train_config import RECIPES, TrainConfig, field_names, get_recipe
-from cvt_nas.yamlfile import read_yaml
+from cvt_nas.common.yamlfile import read_yaml
+from cvt_nas.model.config import CvTConfig
+from cvt_nas.model.presets import get_config
+from cvt_nas.training.config import RECIPES, TrainConfig, field_names, get_recipe
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -139,8 +138,8 @@ def _print_epoch(epochs: int) -> Any:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from cvt_nas.data import load_dataset
-    from cvt_nas.train import adapt_config, resolve_device, run_trial
+    from cvt_nas.training.data import load_dataset
+    from cvt_nas.training.trainer import adapt_config, resolve_device, run_trial
 
     model_cfg, train_cfg, name = build_configs(args)
     # Missing data is a usage error (exit 2, with the paths tried and the fix), not a failed trial.
@@ -157,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
                        progress=not args.no_progress and sys.stderr.isatty())
     record = {
         "name": name,
-        "command": _command_line(),
+        "command": getattr(args, "command_line", None),
         "recipe": args.recipe or "reduced",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "arch_id": adapted.arch_id(),
@@ -191,14 +190,6 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
-
-
-def _command_line() -> str:
-    """The command as typed (for the record), when this process is `cvt-nas train`."""
-    argv = sys.argv[1:]
-    if argv[:1] == ["train"]:
-        return "cvt-nas " + " ".join(shlex.quote(a) for a in argv)
-    return "cvt-nas train (called from Python: " + " ".join(shlex.quote(a) for a in sys.argv) + ")"
 
 
 def _summary(name: str, cfg: TrainConfig, r: Any, path: Path) -> str:

@@ -13,7 +13,7 @@ Nothing here imports torch itself (``import cvt_nas`` does, for the model).
 
 from __future__ import annotations
 
-from cvt_nas.results.atomic import atomic_path, atomic_write_text
+from cvt_nas.common.atomic import atomic_path, atomic_write_text
 from cvt_nas.results.importers import StudyTables, from_optuna, from_ray
 from cvt_nas.results.io import (
     DEFAULT_OBJECTIVES,

@@ -24,12 +24,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from cvt_nas.results.atomic import atomic_path, atomic_write_text
+from cvt_nas.common.atomic import atomic_path, atomic_write_text
+from cvt_nas.common.yamlfile import read_yaml
 from cvt_nas.results.pareto import check_objectives, pareto_front
 from cvt_nas.results.plots import plot_pareto
 from cvt_nas.results.records import epochs_frame, records_frame
 from cvt_nas.results.tables import pareto_table, to_markdown
-from cvt_nas.yamlfile import read_yaml
 
 TRIALS_PARQUET = "trials.parquet"
 TRIALS_CSV = "trials.csv"
@@ -112,9 +112,6 @@ def write_outputs(
     study = dict(_plain(dict(meta or {})))
     study["objectives"] = dict(objectives)
     study.setdefault("versions", package_versions())
-    from cvt_nas.cli import command_line
-
-    study.setdefault("command", command_line())
     study.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
     study["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
     study["n_trials"] = len(trials_df)

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cvt_nas.results.atomic import atomic_path
+from cvt_nas.common.atomic import atomic_path
 from cvt_nas.results.pareto import (
     check_objectives,
     eligible,

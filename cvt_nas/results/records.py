@@ -37,8 +37,8 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from cvt_nas.config import BLOCK_FIELDS, STAGE_FIELDS, CvTConfig
-from cvt_nas.cost import analytic_cost
+from cvt_nas.model.config import BLOCK_FIELDS, STAGE_FIELDS, CvTConfig
+from cvt_nas.model.cost import analytic_cost
 
 STATUSES: tuple[str, ...] = ("complete", "pruned", "infeasible", "diverged", "oom", "failed")
 
@@ -161,7 +161,7 @@ def make_record(
         trial: trial number within the study.
         backend: ``"optuna"``, ``"ray"``, ``"ablate"``, ...
         model_cfg: the architecture; pass the config the trial trains (after
-            ``cvt_nas.train.adapt_config``) so ``in_chans``/``num_classes`` match the data.
+            ``cvt_nas.training.trainer.adapt_config``) so ``in_chans``/``num_classes`` match the data.
         train_cfg: a ``TrainConfig`` (or its ``to_dict()``).
         result: the ``TrialResult`` (or its ``to_dict()``); ``None`` for a trial that never ran,
             such as one rejected by the budget gate: params and MACs then come from

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cvt_nas.config import STAGE_FIELDS, CvTConfig
+from cvt_nas.model.config import STAGE_FIELDS, CvTConfig
 from cvt_nas.results.records import stage_column
 
 # Display names and unit scales of the columns a Pareto table shows.

@@ -9,13 +9,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from cvt_nas.config import BLOCK_FIELDS, STAGE_FIELDS, CvTConfig
-from cvt_nas.presets import PRESETS
+from cvt_nas.common.yamlfile import read_yaml
+from cvt_nas.model.config import BLOCK_FIELDS, STAGE_FIELDS, CvTConfig
+from cvt_nas.model.presets import PRESETS
 from cvt_nas.space.analysis import require_satisfiable
 from cvt_nas.space.sampling import SearchSpace
 from cvt_nas.space.types import Budget, Dist, Entry, FieldSpec, SpaceError
-from cvt_nas.train_config import RECIPES, field_names, get_recipe
-from cvt_nas.yamlfile import read_yaml
+from cvt_nas.training.config import RECIPES, field_names, get_recipe
 
 TOP_KEYS = ("name", "description", "base", "model", "train", "constraints", "search")
 DIST_KINDS = ("choice", "int", "float")

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cvt_nas.config import CvTConfig
-from cvt_nas.cost import Cost, analytic_cost
+from cvt_nas.model.config import CvTConfig
+from cvt_nas.model.cost import Cost, analytic_cost
 from cvt_nas.space.types import (
     INVALID,
     Budget,
@@ -20,7 +20,7 @@ from cvt_nas.space.types import (
     Suggest,
     Violation,
 )
-from cvt_nas.train_config import get_recipe
+from cvt_nas.training.config import get_recipe
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cvt_nas.config import CvTConfig
-from cvt_nas.train_config import TrainConfig
+from cvt_nas.model.config import CvTConfig
+from cvt_nas.training.config import TrainConfig
 
 INVALID = 1.0  # the constraint violation reported for an invalid architecture
 

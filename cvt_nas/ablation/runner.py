@@ -1,0 +1,265 @@
+"""Run an ablation experiment's rows x seeds as an Optuna grid study (resumable, parallel).
+
+Each (row, seed) pair is one Optuna trial of a `GridSampler` study whose storage lives on disk,
+so an interrupted run resumes where it stopped: pairs with a COMPLETE trial are never trained
+again, and pairs whose trial failed or was killed (a stale heartbeat) are retried. Every trial
+calls `cvt_nas.training.trainer.run_trial` and stores its `cvt_nas.results.make_record` row and history as
+the user attrs ``record`` and ``history``, the same as the search backends.
+
+Rows of different tables that train the same architecture with the same training config and
+seed (e.g. the CvT-13-like baseline shared by Tables 5-8) are trained once: a trial first looks
+in every study of the storage for a COMPLETE trial with the same ``run_key`` and copies its
+record (marking ``reused_from``). Seeded CPU runs are reproducible, so this changes no number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from cvt_nas.ablation.experiment import Experiment, load_experiment
+from cvt_nas.common.storage import fail_stale_trials, open_storage
+from cvt_nas.results.records import TRAIN_PREFIX
+
+__all__ = ["default_storage", "open_study", "run_experiment", "run_key", "study_name"]
+
+Log = Callable[[str], None]
+
+# A pair whose training failed (diverged, error) this many times is not tried again.
+MAX_FAILURES = 2
+# Fields of TrainConfig that change where or how fast a run goes, not its numbers.
+_EXECUTION_FIELDS = ("threads", "num_workers", "device", "data_root", "download")
+
+
+def study_name(exp: Experiment, scale: str) -> str:
+    """The Optuna study of one experiment at one scale."""
+    return f"{exp.name}-{scale}"
+
+
+def default_storage(out_dir: str | Path) -> str:
+    """SQLite file shared by the tables next to ``out_dir`` (``<out_dir>/../studies.db``)."""
+    return f"sqlite:///{Path(out_dir).resolve().parent / 'studies.db'}"
+
+
+def run_key(model_cfg: Any, train_cfg: Any) -> str:
+    """Identity of a training run: the adapted architecture and the training config with its
+    seed. Execution settings (threads, device, ...) and unset (None) fields are left out, so
+    adding an optional TrainConfig field later does not change the key of old runs."""
+    from cvt_nas.results.records import arch_json, flatten_train
+
+    return _key(arch_json(model_cfg), flatten_train(train_cfg.to_dict()))
+
+
+def _key(arch: str, train: dict[str, Any]) -> str:
+    kept = {k: v for k, v in train.items()
+            if v is not None and k.removeprefix(TRAIN_PREFIX) not in _EXECUTION_FIELDS}
+    text = json.dumps({"arch": arch, "train": kept}, sort_keys=True, default=str)
+    return "run-" + hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def record_key(record: dict[str, Any]) -> str | None:
+    """`run_key` of a stored trial record (from its ``arch`` and ``train.*`` columns)."""
+    if not record.get("arch"):
+        return None
+    return _key(record["arch"], {k: v for k, v in record.items() if k.startswith(TRAIN_PREFIX)})
+
+
+def _grid(exp: Experiment, scale: str, seeds: int) -> dict[str, list[Any]]:
+    return {"row": [r.row for r in exp.runnable(scale)], "seed": list(range(seeds))}
+
+
+def open_study(exp: Experiment, scale: str, seeds: int, storage: str) -> optuna.Study:
+    """Create or load the grid study of an experiment at a scale."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(
+        study_name=study_name(exp, scale), storage=open_storage(storage), direction="maximize",
+        sampler=optuna.samplers.GridSampler(_grid(exp, scale, seeds), seed=0),
+        load_if_exists=True,
+    )
+
+
+def _pair(t: optuna.trial.FrozenTrial) -> tuple[str, int] | None:
+    if "row" not in t.params or "seed" not in t.params:
+        return None
+    return str(t.params["row"]), int(t.params["seed"])
+
+
+def pairs_in_state(study: optuna.Study, state: optuna.trial.TrialState) -> set[tuple[str, int]]:
+    """(row, seed) pairs that have a trial in ``state`` (COMPLETE: done; RUNNING: in progress,
+    stale ones having been failed first by heartbeat)."""
+    trials = study.get_trials(deepcopy=False, states=(state,))
+    return {pair for t in trials if (pair := _pair(t)) is not None}
+
+
+def _reusable(storage: optuna.storages.BaseStorage, key: str) -> optuna.trial.FrozenTrial | None:
+    for summary in storage.get_all_studies():
+        for t in storage.get_all_trials(summary._study_id, deepcopy=False,
+                                        states=(optuna.trial.TrialState.COMPLETE,)):
+            record = t.user_attrs.get("record")
+            if record and "reused_from" not in t.user_attrs and record_key(record) == key:
+                return t
+    return None
+
+
+class _Objective:
+    def __init__(self, exp: Experiment, scale: str, seeds: int, threads: int | None,
+                 train_overrides: dict[str, Any], log: Log) -> None:
+        self.exp, self.scale, self.threads = exp, scale, threads
+        self.grid = _grid(exp, scale, seeds)
+        self.overrides, self.log = train_overrides, log
+        self.metric = exp.scales[scale].metric
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from cvt_nas.results import make_record
+        from cvt_nas.training.trainer import adapt_config, run_trial
+
+        row = str(trial.suggest_categorical("row", self.grid["row"]))
+        seed = trial.suggest_int("seed", 0, max(self.grid["seed"]))
+        study = trial.study
+        tag = f"[{study.study_name}] trial {trial.number} row {row} seed {seed}"
+        for t in study.get_trials(deepcopy=False):
+            # Of two trials racing for one pair, the earlier-numbered one trains.
+            if t.number != trial.number and _pair(t) == (row, seed) and (
+                t.state == optuna.trial.TrialState.COMPLETE
+                or (t.state == optuna.trial.TrialState.RUNNING and t.number < trial.number)
+            ):
+                trial.set_user_attr("duplicate_of", t.number)
+                self.log(f"{tag}: already {t.state.name.lower()} as trial {t.number}; skipped")
+                raise optuna.TrialPruned(f"duplicate of trial {t.number}")
+        r = self.exp.row(row)
+        model_cfg = self.exp.model_config(r, self.scale)
+        overrides = dict(self.overrides)
+        if self.threads:
+            overrides["threads"] = self.threads
+        train_cfg = self.exp.train_config(r, self.scale, seed, **overrides)
+        cfg = adapt_config(model_cfg, train_cfg)
+        key = run_key(cfg, train_cfg)
+        extra = {"experiment": self.exp.name, "scale": self.scale, "row": row,
+                 "label": r.label, "run_key": key}
+        trial.set_user_attr("run_key", key)
+        prior = _reusable(study._storage, key)
+        if prior is not None:
+            record = dict(prior.user_attrs["record"])
+            source = f"{record.get('study')}#{record.get('trial')}"
+            record.update(study=study.study_name, trial=trial.number, **extra,
+                          reused_from=source)
+            trial.set_user_attr("reused_from", source)
+            trial.set_user_attr("record", record)
+            trial.set_user_attr("history", prior.user_attrs.get("history", []))
+            self.log(f"{tag}: same run as {source}; reused {self.metric} "
+                     f"{record.get(self.metric)}")
+            return _value(record.get(self.metric))
+        self.log(f"{tag}: training {r.label!r} ({cfg.arch_id()})")
+
+        def report(epoch: int, metrics: dict[str, Any]) -> None:
+            if metrics.get("val_top1") is not None:
+                trial.report(float(metrics["val_top1"]), epoch)
+
+        result = run_trial(model_cfg, train_cfg, report=report)
+        record = make_record(study=study.study_name, trial=trial.number, backend="ablate",
+                             model_cfg=cfg, train_cfg=train_cfg, result=result, extra=extra)
+        trial.set_user_attr("record", record)
+        trial.set_user_attr("history", result.history)
+        self.log(f"{tag}: {result.status} val_top1 {result.val_top1} test_top1 "
+                 f"{result.test_top1} in {result.wall_time_s:.0f}s "
+                 f"({result.images_per_s or 0:.0f} img/s)" +
+                 (f" error: {result.error}" if result.error else ""))
+        if result.status != "complete":
+            return float("nan")  # Optuna marks the trial FAIL; the next run retries the pair
+        return _value(record.get(self.metric))
+
+
+def _value(v: Any) -> float:
+    return float("nan") if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _print(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def failed_pairs(study: optuna.Study) -> Counter[tuple[str, int]]:
+    """How often each pair's training ended badly (FAIL trials that hold a record; a killed
+    worker's trial holds none)."""
+    out: Counter[tuple[str, int]] = Counter()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        pair = _pair(t)
+        if pair is not None and "record" in t.user_attrs:
+            out[pair] += 1
+    return out
+
+
+def _worker(path: str, scale: str, seeds: int, storage: str, threads: int | None,
+            train_overrides: dict[str, Any], worker: int = 0) -> None:
+    exp = load_experiment(path)
+    study = open_study(exp, scale, seeds, storage)
+    objective = _Objective(exp, scale, seeds, threads, train_overrides, _print)
+    pairs = [(r, s) for r in objective.grid["row"] for s in objective.grid["seed"]]
+    rng = random.Random(worker)
+    while True:
+        fail_stale_trials(study)  # a no-op without heartbeats
+        done = pairs_in_state(study, optuna.trial.TrialState.COMPLETE)
+        busy = pairs_in_state(study, optuna.trial.TrialState.RUNNING)
+        failed = failed_pairs(study)
+        todo = [p for p in pairs
+                if p not in done and p not in busy and failed[p] < MAX_FAILURES]
+        if not todo:
+            return
+        if len(study.get_trials(deepcopy=False)) >= len(pairs):
+            # Past the grid's first sweep (a failed or killed trial, a grid that grew with
+            # --seeds, a worker that lost a race): ask for a missing pair explicitly.
+            row, seed = rng.choice(todo)
+            study.enqueue_trial({"row": row, "seed": seed})
+        # Otherwise the GridSampler hands out the next unvisited (row, seed) cell.
+        study.optimize(objective, n_trials=1)
+
+
+def run_experiment(
+    exp: Experiment,
+    scale: str,
+    seeds: int,
+    storage: str,
+    *,
+    n_workers: int = 1,
+    threads: int | None = None,
+    train_overrides: dict[str, Any] | None = None,
+) -> optuna.Study:
+    """Train every missing (row, seed) pair of ``exp`` at ``scale``; return the study.
+
+    Args:
+        exp: the experiment (its ``path`` is re-read by worker processes).
+        scale: ``reduced`` or ``paper``.
+        seeds: seeds 0 .. seeds-1 per row.
+        storage: an Optuna storage URL (``sqlite:///...``) or a journal file path (``.log``).
+        n_workers: processes that share the study (each trains one pair at a time).
+        threads: torch threads per worker (None keeps the training config's).
+        train_overrides: TrainConfig overrides for every run (e.g. a smaller ``train_subset``).
+    """
+    overrides = dict(train_overrides or {})
+    study = open_study(exp, scale, seeds, storage)  # create once, before workers race
+    if n_workers <= 1:
+        _worker(exp.path, scale, seeds, storage, threads, overrides)
+    else:
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_worker,
+                             args=(exp.path, scale, seeds, storage, threads, overrides, i))
+                 for i in range(n_workers)]
+        for p in procs:
+            p.start()
+            time.sleep(2.0)  # stagger the first trials' storage writes
+        for p in procs:
+            p.join()
+        bad = [p.exitcode for p in procs if p.exitcode]
+        if bad:
+            print(f"warning: {len(bad)} worker(s) exited with {bad}", file=sys.stderr)
+    return study

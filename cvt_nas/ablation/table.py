@@ -1,0 +1,171 @@
+"""The table of an ablation experiment: our costs, the paper's numbers, our top-1 over seeds.
+
+Columns of ``table.csv`` / ``table.md`` (one row per paper row, in the paper's order):
+
+* ``row``, ``label``, the experiment's descriptive columns, ``run`` (false: paper-only row)
+* ``params``, ``macs``: our exact counts of the paper-scale architecture (224 px, 1000 classes
+  unless the row says otherwise); ``paper_params_m``, ``paper_gflops``, ``params_err``,
+  ``macs_err`` (ours / paper - 1)
+* ``paper_top1``, ``paper_delta`` (row - baseline row)
+* at the chosen scale: ``run_params``, ``run_macs`` (the trained architecture), ``top1_mean``,
+  ``top1_std`` (sample std over seeds, ddof 1), ``seeds``, ``test_top1_mean`` when evaluated,
+  ``delta`` (our mean - baseline mean), ``delta_se`` (standard error of that difference,
+  ``sqrt(s_r^2/n_r + s_b^2/n_b)``), ``same_sign`` (our delta has the paper's sign; empty for the
+  baseline, paper-only rows, rows without a paper top-1 and exact ties), ``within_noise``
+  (``|delta| <= 2 delta_se``)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cvt_nas.ablation.experiment import Experiment, cost_rows
+
+__all__ = ["build_table", "records_from_study", "table_markdown", "write_table"]
+
+
+def records_from_study(study: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(records, epochs) of the COMPLETE trials of an ablation study, one per (row, seed)."""
+    import optuna
+
+    from cvt_nas.results import history_rows
+
+    recs, epochs, seen = [], [], set()
+    for t in sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                    key=lambda t: t.number):
+        rec = t.user_attrs.get("record")
+        if not rec:
+            continue
+        pair = (str(rec.get("row")), int(rec.get("seed")))
+        if pair in seen:
+            continue
+        seen.add(pair)
+        recs.append(rec)
+        epochs.extend(history_rows(study.study_name, t.number, t.user_attrs.get("history", [])))
+    records = pd.DataFrame(recs)
+    if not records.empty:
+        records = records.sort_values(["row", "seed"]).reset_index(drop=True)
+    return records, pd.DataFrame(epochs)
+
+
+def _sign(x: Any) -> int:
+    x = float(x)
+    return int(x > 0) - int(x < 0)
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def build_table(exp: Experiment, scale: str, records: pd.DataFrame | None = None,
+                metric: str | None = None) -> pd.DataFrame:
+    """The experiment's table; ``records`` (one row per trial, with ``row`` and ``seed``)
+    fill the measured columns, and None gives the cost columns only (``--costs-only``)."""
+    metric = metric or exp.scales[scale].metric
+    table = pd.DataFrame(cost_rows(exp))
+    table.insert(2, "run", [r.runs_at(scale) for r in exp.rows])
+    paper_base = exp.row(exp.baseline).paper.get("top1")
+    table["paper_delta"] = [
+        (r.paper["top1"] - paper_base) if r.run and "top1" in r.paper and paper_base is not None
+        else None for r in exp.rows
+    ]
+    if records is None:
+        return table
+    stats: dict[str, dict[str, Any]] = {}
+    ok = records[records["status"] == "complete"] if "status" in records else records
+    for key, group in ok.groupby("row"):
+        vals = group[metric].dropna().astype(float)
+        s: dict[str, Any] = {
+            "run_params": int(group["params"].iloc[0]), "run_macs": int(group["macs"].iloc[0]),
+            "top1_mean": vals.mean() if len(vals) else None,
+            "top1_std": vals.std(ddof=1) if len(vals) > 1 else None,
+            "seeds": len(vals),
+        }
+        if "test_top1" in group and metric != "test_top1" and group["test_top1"].notna().any():
+            s["test_top1_mean"] = group["test_top1"].dropna().astype(float).mean()
+        stats[str(key)] = s
+    for col in ("run_params", "run_macs", "top1_mean", "top1_std", "seeds", "test_top1_mean"):
+        table[col] = [stats.get(r.row, {}).get(col) for r in exp.rows]
+    table["seeds"] = table["seeds"].fillna(0).astype(int)
+    base = stats.get(exp.baseline, {})
+    deltas: list[float | None] = []
+    ses: list[float | None] = []
+    same: list[bool | None] = []
+    noise: list[bool | None] = []
+    for r, pd_ in zip(exp.rows, table["paper_delta"], strict=True):
+        s = stats.get(r.row, {})
+        if r.row == exp.baseline or s.get("top1_mean") is None or base.get("top1_mean") is None:
+            deltas.append(0.0 if r.row == exp.baseline and s else None)
+            ses.append(None)
+            same.append(None)
+            noise.append(None)
+            continue
+        d = s["top1_mean"] - base["top1_mean"]
+        var = sum((x.get("top1_std") or 0.0) ** 2 / max(x["seeds"], 1) for x in (s, base))
+        se = math.sqrt(var) if var > 0 else None
+        deltas.append(d)
+        ses.append(se)
+        # A tie (equal means, e.g. the same val images right on each seed) has no sign.
+        tie = abs(d) < 1e-9
+        same.append(None if _missing(pd_) or _sign(pd_) == 0 or tie else _sign(d) == _sign(pd_))
+        noise.append(None if se is None else abs(d) <= 2 * se)
+    table["delta"], table["delta_se"] = deltas, ses
+    table["same_sign"], table["within_noise"] = same, noise
+    return table
+
+
+def _fmt(col: str, v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if col in ("params", "run_params"):
+        return f"{int(v) / 1e6:.2f} M"
+    if col in ("macs", "run_macs"):
+        return f"{int(v) / 1e9:.3f} G" if int(v) >= 1e8 else f"{int(v) / 1e6:.1f} M"
+    if col.endswith("_err"):
+        return f"{100 * float(v):+.2f}%"
+    if col in ("delta", "paper_delta", "delta_se"):
+        return f"{float(v):+.2f}" if col != "delta_se" else f"{float(v):.2f}"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return str(v)
+
+
+def table_markdown(exp: Experiment, scale: str, table: pd.DataFrame) -> str:
+    """A markdown rendering of `build_table`'s output with a short header."""
+    sc = exp.scales[scale]
+    cols = ["row", "label", *exp.columns, "params", "paper_params_m", "params_err", "macs",
+            "paper_gflops", "macs_err", "paper_top1"]
+    if "top1_mean" in table:
+        cols += ["run_params", "run_macs", "top1_mean", "top1_std", "seeds", "delta",
+                 "delta_se", "paper_delta", "same_sign", "within_noise"]
+        if table.get("test_top1_mean") is not None and table["test_top1_mean"].notna().any():
+            cols.insert(cols.index("seeds"), "test_top1_mean")
+    cols = [c for c in cols if c in table and (c in ("row", "label") or table[c].notna().any())]
+    lines = [f"# {exp.title}", "", f"Source: {exp.source}. Baseline row: {exp.baseline}.", ""]
+    if "top1_mean" in table:
+        lines += [f"Scale `{scale}`: base `{sc.base}`, recipe `{sc.recipe}`, metric `{sc.metric}` "
+                  f"(mean and sample std over seeds). {sc.notes}", ""]
+    lines += ["`params`/`macs`: our exact counts of the paper-scale architecture; "
+              "`run_*` columns and top-1 are at the chosen scale.", ""]
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("|" + "|".join("---" for _ in cols) + "|")
+    for rec in table.to_dict("records"):
+        lines.append("| " + " | ".join(_fmt(c, rec.get(c)) for c in cols) + " |")
+    notes = [f"- {r.row}: {r.note}" for r in exp.rows if r.note]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(exp: Experiment, scale: str, table: pd.DataFrame, out_dir: str | Path) -> None:
+    """Write ``table.csv`` and ``table.md`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "table.csv", index=False)
+    (out / "table.md").write_text(table_markdown(exp, scale, table))

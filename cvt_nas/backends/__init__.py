@@ -1,1 +1,0 @@
-"""Search backends: thin adapters from a search space to Optuna or Ray Tune."""

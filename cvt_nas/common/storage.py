@@ -1,0 +1,151 @@
+"""The one way to open an Optuna storage, for search, ablation and the importers alike.
+
+A storage is named by a URL (``sqlite:///study.db``, ``postgresql+psycopg2://user@host/db``) or
+a journal file path (``*.journal``, ``*.log``, ``*.jsonl``, or ``journal:///path``). RDB
+storages get heartbeats, so a trial whose process died is failed after ``grace`` seconds and its
+parameters retried once (``on_stale``); SQLite waits up to 60 s for a lock; workers that create
+the schema of a new database at the same moment wait for each other instead of failing.
+
+Secrets: a password may be given in the URL, in ``$CVT_NAS_STORAGE`` (so it is not on a command
+line) or in PostgreSQL's own password file (``~/.pgpass``, ``$PGPASSFILE``), which psycopg2
+reads. Every URL we print or write goes through `redact` first.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
+STORAGE_ENV = "CVT_NAS_STORAGE"
+DEFAULT_DB = "study.db"
+
+# What losing the race to create a new database's schema looks like (SQLite, PostgreSQL).
+_SCHEMA_RACE = ("already exists", "UNIQUE constraint failed", "duplicate key value")
+_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "journal")
+
+# user:password@ in any URL (the password may itself hold '@' or ':'), and password=... in a
+# query string or a libpq keyword string
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>\S*)@"
+                       r"(?=[^@\s]*(?:[/?\s]|$))")
+_PASSWORD_PARAM = re.compile(r"(?i)(?P<key>\b(?:password|passwd|pwd)=)[^&\s]*")
+
+
+class StorageError(ValueError):
+    """A storage that cannot be opened or is not a storage at all (the message says which)."""
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``.
+
+    >>> redact("postgresql://me:s3cr@t@db:5432/x?password=y")
+    'postgresql://me:***@db:5432/x?password=***'
+    """
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _PASSWORD_PARAM.sub(lambda m: f"{m['key']}***", text)
+
+
+def default_storage_url(out_dir: str | Path) -> str:
+    """``sqlite:///<out_dir>/study.db``: the embedded default, nothing to start."""
+    return f"sqlite:///{Path(out_dir).resolve() / DEFAULT_DB}"
+
+
+def is_journal(url: str) -> bool:
+    return url.startswith("journal://") or ("://" not in url and url.endswith(JOURNAL_SUFFIXES))
+
+
+def check_url(url: str, flag: str = "--storage") -> str:
+    """The URL, or a `StorageError` saying what a storage URL looks like."""
+    if not isinstance(url, str) or not url.strip():
+        raise StorageError(f"{flag}: empty; give sqlite:///path/study.db, "
+                           "postgresql+psycopg2://user@host/db or a *.journal file")
+    if is_journal(url):
+        return url
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+    if scheme not in _SCHEMES:
+        raise StorageError(f"{flag} {redact(url)!r}: not a storage URL; give sqlite:///path/"
+                           "study.db, postgresql+psycopg2://user@host/db (password in "
+                           f"${STORAGE_ENV} or ~/.pgpass) or a file ending in "
+                           f"{'/'.join(JOURNAL_SUFFIXES)}")
+    return url
+
+
+def open_storage(url: str, heartbeat: int | None = 10,
+                 on_stale: Callable[[Any, Any], None] | None = None,
+                 flag: str = "--storage") -> Any:
+    """An Optuna storage from a URL or a journal-file path.
+
+    Args:
+        url: the storage (see the module docstring).
+        heartbeat: seconds between RDB heartbeats of a running trial (None: none); a trial is
+            stale after three missed beats.
+        on_stale: Optuna's ``heartbeat_stale_trial_callback`` (e.g. retry the parameters).
+        flag: how the user named the storage, for messages.
+
+    Raises:
+        StorageError: the storage cannot be opened; the message names it (password hidden) and
+            what to check.
+    """
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    url = check_url(url, flag)
+    if is_journal(url):
+        path = Path(url.removeprefix("journal://"))
+        if path.is_dir():
+            raise StorageError(f"{flag} {path}: is a directory; name a journal file inside it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except Exception as exc:  # noqa: BLE001 - unreadable or not a journal
+            raise StorageError(f"{flag} {path}: cannot open the journal file: "
+                               f"{_first_line(exc)}") from None
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        db = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+        if db and Path(db).is_dir():
+            raise StorageError(f"{flag} {redact(url)}: is a directory; name a .db file inside it")
+        if db:
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    if heartbeat:
+        kwargs.update(heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
+        if on_stale is not None:
+            kwargs["heartbeat_stale_trial_callback"] = on_stale
+    for attempt in range(8):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, **kwargs)
+        except Exception as exc:  # unreachable server, missing driver, bad URL, schema race
+            msg = redact(_first_line(exc))
+            if any(m in msg for m in _SCHEMA_RACE) and attempt < 7:
+                # another process is creating the schema of this new database right now (many
+                # workers starting at once): it is there in a moment
+                time.sleep(0.25 * (attempt + 1))
+                continue
+            raise StorageError(f"cannot open Optuna storage {redact(url)}: {msg}; check the URL, "
+                               "that the database server runs and accepts this user, and that "
+                               "its driver is installed (pip install psycopg2-binary for "
+                               "PostgreSQL)") from None
+    raise AssertionError("unreachable")
+
+
+def fail_stale_trials(study: Any) -> None:
+    """Optuna's heartbeat check (FAIL trials with a stale heartbeat, run the storage's callback),
+    without its experimental-API warning; a no-op for storages without heartbeats."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,288 @@
+"""Optuna backend: samplers and pruners around the shared trial function `cvt_nas.search.trial.evaluate`.
+
+One study lives in one storage (default ``results/<study>/study.db``, SQLite). Any number of
+processes, here (``--n-workers``) or on other machines (the same command with a shared
+``--storage`` URL), run trials of the same study until it holds ``--trials`` trials in all.
+
+Budget gate: every trial gets the constraint ``budget`` (0 when feasible, else how far over
+budget it is, via ``Trial.set_constraint``) before any training; NSGA-II and TPE steer away from
+trials with a positive value. Infeasible trials are recorded and complete at once with their
+true costs and 0 % accuracy, so they are never trained.
+
+Pruning: single-objective studies on ``val_top1`` can use Optuna's median, successive-halving
+or Hyperband pruners on the per-epoch reports. Multi-objective studies cannot (Optuna refuses
+``trial.report`` there); ``pareto-sha`` stops them by Pareto rank at rungs instead
+(`cvt_nas.search.rungs`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from cvt_nas.search import study as store
+from cvt_nas.search.rungs import promotable, rung_epochs, to_point
+from cvt_nas.search.trial import Gate, Report, TrialSettings, evaluate, worker_tag
+from cvt_nas.space import SearchSpace, SpaceError
+
+OPTUNA_PRUNERS = ("none", "median", "sha", "hyperband", "pareto-sha")
+STOP = threading.Event()  # set (e.g. by a SIGTERM handler) to end the worker loop
+
+
+class TrialFailed(Exception):
+    """A trial that ended failed / diverged / oom (recorded; the study goes on)."""
+
+
+class SurplusTrial(Exception):
+    """A trial started after the study reached its total (raced by another worker)."""
+
+
+@dataclass(frozen=True)
+class SearchRun:
+    """Everything a worker needs to run its share of a study (picklable for worker processes)."""
+
+    space: SearchSpace
+    settings: TrialSettings
+    storage_url: str
+    trials: int
+    sampler: str = "nsga2"
+    pruner: str = "none"
+    seed: int | None = None
+    population_size: int | None = None
+    heartbeat: int | None = 10
+    eta: int = 3
+    reuse_duplicates: bool = True
+
+    @property
+    def epochs(self) -> int:
+        """Training epochs of a trial (the space fixes them, or they default to the recipe)."""
+        train = self.space.random(0).train
+        return train.epochs if train is not None else 1
+
+
+def make_sampler(run: SearchRun, seed: int | None) -> optuna.samplers.BaseSampler:
+    """The sampler named by ``run.sampler`` (NSGA-II, TPE, random or grid)."""
+    if run.sampler == "nsga2":
+        size = run.population_size or min(50, max(4, run.trials // 3))
+        return optuna.samplers.NSGAIISampler(population_size=size, seed=seed)
+    if run.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True,
+                                          n_startup_trials=min(10, max(2, run.trials // 3)))
+    if run.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if run.sampler == "grid":
+        return optuna.samplers.GridSampler(run.space.grid(), seed=seed)
+    raise ValueError(f"--sampler {run.sampler!r}: choose one of nsga2, tpe, random, grid")
+
+
+def make_pruner(run: SearchRun) -> optuna.pruners.BasePruner:
+    """Optuna's pruner for single-objective studies (``NopPruner`` otherwise)."""
+    multi = len(run.settings.objectives) > 1
+    if run.pruner not in OPTUNA_PRUNERS:
+        hint = " (asha is the Ray backend's)" if run.pruner == "asha" else ""
+        raise ValueError(f"--pruner {run.pruner!r}: the optuna backend offers "
+                         f"{list(OPTUNA_PRUNERS)}{hint}")
+    if run.pruner in ("median", "sha", "hyperband"):
+        if multi:
+            raise ValueError(f"--pruner {run.pruner}: Optuna cannot prune multi-objective "
+                             "studies; use --pruner pareto-sha (or --backend ray --pruner asha)")
+        if "val_top1" not in run.settings.objectives:
+            raise ValueError(f"--pruner {run.pruner}: pruning needs the val_top1 objective "
+                             "(it is the only value reported during training)")
+    if run.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    if run.pruner == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=run.eta)
+    if run.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=run.epochs,
+                                              reduction_factor=run.eta)
+    return optuna.pruners.NopPruner()
+
+
+def _reporter(run: SearchRun, study: optuna.Study, trial: optuna.Trial) -> Report | None:
+    from cvt_nas.training.trainer import TrialPruned
+
+    objectives = run.settings.objectives
+    if run.pruner == "pareto-sha":
+        rungs = set(rung_epochs(run.epochs, 1, run.eta))
+        curve: list[float] = []
+        trial.set_user_attr("curve", curve)
+
+        def pareto_report(epoch: int, metrics: dict[str, Any]) -> None:
+            value = metrics.get("val_top1")
+            if value is None:
+                return
+            curve.append(float(value))
+            trial.set_user_attr("curve", curve)
+            if epoch not in rungs:
+                return
+            costs = trial.user_attrs.get("costs", {})
+            peers = []
+            for t in study.get_trials(deepcopy=False):
+                c, tc = t.user_attrs.get("curve") or [], t.user_attrs.get("costs") or {}
+                if t.number != trial.number and len(c) >= epoch and all(
+                        n in tc for n in objectives if n != "val_top1"):
+                    peers.append(to_point(c[epoch - 1], tc, objectives))
+            if not promotable(to_point(value, costs, objectives), peers, run.eta):
+                raise TrialPruned(f"epoch {epoch}: Pareto rank outside the best 1/{run.eta} of "
+                                  f"{len(peers) + 1} trials at this rung")
+        return pareto_report
+    if len(objectives) == 1 and "val_top1" in objectives:
+        prune = run.pruner != "none"
+
+        def report(epoch: int, metrics: dict[str, Any]) -> None:
+            if metrics.get("val_top1") is None:
+                return
+            trial.report(float(metrics["val_top1"]), epoch)
+            if prune and trial.should_prune():
+                raise TrialPruned(f"epoch {epoch}: pruned by the {run.pruner} pruner")
+        return report
+    return None
+
+
+def _replay_curve(run: SearchRun, trial: optuna.Trial, history: list[dict[str, Any]]) -> None:
+    """Give a reused trial its source's learning curve, so pruners see it as a peer."""
+    points = [(int(h["epoch"]), float(h["val_top1"])) for h in history
+              if h.get("val_top1") is not None and h.get("epoch") is not None]
+    if run.pruner == "pareto-sha":
+        trial.set_user_attr("curve", [v for _, v in points])
+    elif list(run.settings.objectives) == ["val_top1"]:  # Optuna's pruners read trial.report
+        for epoch, value in points:
+            trial.report(value, epoch)
+
+
+class Objective:
+    """The Optuna objective: one trial of `cvt_nas.search.trial.evaluate`, its record stored with it.
+
+    ``surplus`` turns true when a trial found the study already full (another worker raced it).
+    """
+
+    def __init__(self, run: SearchRun, study: optuna.Study) -> None:
+        self.run, self.study, self.tag, self.surplus = run, study, worker_tag(), False
+
+    def previous(self, params_sampled: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The record and history of the first complete trial drawn with these parameters."""
+        for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            rec = t.user_attrs.get("record") or {}
+            if rec.get("status") == "complete" and rec.get("params_sampled") == params_sampled:
+                return rec, t.user_attrs.get("history") or []
+        return None
+
+    def __call__(self, trial: optuna.Trial) -> Any:
+        run, study = self.run, self.study
+        before = sum(1 for t in study.get_trials(deepcopy=False)
+                     if t.number < trial.number and store.counts(t))
+        if before >= run.trials:
+            trial.set_user_attr("surplus", True)
+            self.surplus = True
+            raise SurplusTrial(f"the study already has {run.trials} trials")
+        trial.set_user_attr("worker", self.tag)
+        sample = run.space.sample(trial)
+
+        def on_gate(g: Gate, known: dict[str, float]) -> None:
+            trial.set_constraint("budget", g.violation)
+            trial.set_user_attr("costs", known)
+
+        outcome = evaluate(run.space, sample, trial.number, run.settings,
+                           _reporter(run, study, trial), on_gate,
+                           self.previous if run.reuse_duplicates else None)
+        trial.set_user_attr("record", outcome.record)
+        trial.set_user_attr("history", outcome.history)
+        if outcome.reused:
+            _replay_curve(run, trial, outcome.history)
+        if outcome.values is not None:
+            return outcome.values[0] if len(outcome.values) == 1 else outcome.values
+        if outcome.status == "pruned":
+            raise optuna.TrialPruned(outcome.record.get("reason") or "pruned")
+        raise TrialFailed(f"{outcome.status}: {outcome.record.get('reason')}")
+
+
+def run_worker(run: SearchRun, index: int = 0) -> int:
+    """Run trials of the study until it holds ``run.trials``; returns how many this one ran."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = store.make_storage(run.storage_url, run.heartbeat)
+    seed = None if run.seed is None else run.seed + index
+    study = store.open_study(storage, run.settings.study, run.settings.objectives,
+                             make_sampler(run, seed), make_pruner(run))
+    objective = Objective(run, study)
+    ran = 0
+    while not STOP.is_set():
+        # dead trials (this machine: by pid; others: by heartbeat) are failed and their
+        # parameters queued before each count, since a dead RUNNING trial still counts
+        store.fail_dead_trials(study)
+        if store.tally(study).counted >= run.trials:
+            break
+        study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial),
+                       gc_after_trial=True)
+        ran += 1
+        if objective.surplus or (run.sampler == "grid" and _grid_done(study, run)):
+            break
+    return ran
+
+
+def _grid_done(study: optuna.Study, run: SearchRun) -> bool:
+    size = run.space.size() or 0
+    seen = {tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False)
+            if store.counts(t)}
+    return len(seen) >= size
+
+
+def _worker_entry(run: SearchRun, index: int) -> None:
+    if run.settings.threads:
+        os.environ["OMP_NUM_THREADS"] = str(run.settings.threads)
+    try:
+        run_worker(run, index)
+    except KeyboardInterrupt:
+        pass
+
+
+def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[str, Any],
+               progress: bool = True) -> optuna.Study:
+    """Run (or resume) a study with ``n_workers`` local processes and write its results.
+
+    Trials that a killed process left RUNNING on this machine are failed and their parameters
+    retried once; on other machines the RDB heartbeat does the same after three missed beats.
+    """
+    if run.sampler == "grid":
+        size = run.space.size()
+        if size is not None and run.trials > size:
+            raise SpaceError(f"--trials {run.trials}: the grid has only {size} points")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    make_pruner(run)  # validate before starting anything
+    make_sampler(run, run.seed)
+    storage = store.make_storage(run.storage_url, run.heartbeat)
+    study = store.open_study(storage, run.settings.study, run.settings.objectives,
+                             space=run.space)
+    store.fail_dead_trials(study)
+    objectives = run.settings.objectives
+    with store.Progress(run.storage_url, run.settings.study, run.trials, objectives, out_dir,
+                        meta, show=progress), store.results_on_exit(study, out_dir, objectives,
+                                                                    meta):
+        if n_workers <= 1:
+            run_worker(run, 0)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            procs = [ctx.Process(target=_worker_entry, args=(run, i), name=f"cvt-nas-worker-{i}")
+                     for i in range(n_workers)]
+            for p in procs:
+                p.start()
+            try:
+                for p in procs:
+                    p.join()
+            finally:
+                for p in procs:
+                    p.join(timeout=60)
+            bad = [p.exitcode for p in procs if p.exitcode not in (0, None)]
+            if bad:
+                raise RuntimeError(f"{len(bad)} worker process(es) exited with codes {bad}")
+    return study
+
+
+__all__ = ["OPTUNA_PRUNERS", "SearchRun", "SurplusTrial", "TrialFailed", "Objective",
+           "make_pruner", "make_sampler", "run_search", "run_worker"]

@@ -1,0 +1,348 @@
+"""The Optuna study as the store of a search, whichever backend runs the trials.
+
+Both backends keep their trials in an Optuna study (the Ray backend through `OptunaSearch`), so
+resuming, counting, the progress line and the results tables work the same way for both. Each
+finished trial holds ``user_attrs["record"]`` and ``user_attrs["history"]`` (docs/CONTRACTS.md).
+
+Counting toward ``--trials N`` (the study's total): a trial counts once it holds a record
+(complete, pruned, failed, diverged, oom, infeasible) or while it runs. A trial that failed
+without a record (its process was killed) does not count; its parameters are retried once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from cvt_nas.common.storage import fail_stale_trials, open_storage
+from cvt_nas.space import SearchSpace
+from cvt_nas.training.config import get_recipe
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def make_storage(url: str, heartbeat: int | None = 10) -> BaseStorage:
+    """The study's storage (`cvt_nas.common.storage.open_storage`); a dead trial's parameters
+    are retried once (`retry_trial`)."""
+    return open_storage(url, heartbeat, on_stale=retry_trial)
+
+
+# The parts of a space file that decide what a trial means; `search` (trials, sampler, ...) may
+# change between runs of one study.
+SPACE_KEYS = ("base", "model", "train", "constraints")
+
+
+def space_identity(space: SearchSpace) -> dict[str, Any]:
+    """What decides the meaning of a study's trials, in JSON-normal form.
+
+    The file's ``base``, ``model``, ``train`` and ``constraints`` sections (after ``--set``), plus
+    the base `CvTConfig` and the recipe's `TrainConfig` as this version of cvt-nas resolves them,
+    so that a changed default (e.g. a recipe's augmentation) is caught as well as an edit.
+    """
+    ident: dict[str, Any] = {k: space.raw.get(k) for k in SPACE_KEYS}
+    ident["resolved_base"] = space.base.to_dict()
+    ident["resolved_recipe"] = get_recipe(space.recipe).to_dict()
+    return json.loads(json.dumps(ident, sort_keys=True, default=str))
+
+
+def _changed_keys(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    order = {k: i for i, k in enumerate(SPACE_KEYS)}
+    for key in sorted(set(before) | set(now), key=lambda k: (order.get(k, len(order)), k)):
+        a, b = before.get(key), now.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{f}" for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
+        else:
+            out.append(key)
+    return out
+
+
+def open_study(storage: BaseStorage, name: str, objectives: dict[str, str],
+               sampler: optuna.samplers.BaseSampler | None = None,
+               pruner: optuna.pruners.BasePruner | None = None,
+               space: SearchSpace | None = None) -> optuna.Study:
+    """Create the study or load it.
+
+    An existing study must have the same objectives and, when ``space`` is given, the same
+    `space_identity`: resuming with another space would mix incomparable trials in one Pareto
+    front. A study made before this check existed is stamped with the current identity; one
+    stamped by an older cvt-nas is compared on the parts that version recorded, then completed.
+    """
+    directions: list[Literal["maximize", "minimize"]] = [
+        "maximize" if d == "max" else "minimize" for d in objectives.values()]
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions,
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    stored = study.user_attrs.get("objectives")
+    if stored is None:
+        study.set_user_attr("objectives", list(objectives))
+    elif list(stored) != list(objectives):
+        raise ValueError(f"study {name!r} was created with objectives {stored}; re-run with "
+                         f"--objectives {','.join(stored)} or pick a new --study name")
+    if space is not None:
+        ident, before = space_identity(space), study.user_attrs.get("space")
+        if before is not None:
+            # compare the parts both versions record: an older cvt-nas stamped fewer of them
+            changed = _changed_keys(before, {k: v for k, v in ident.items() if k in before})
+            if changed:
+                raise ValueError(f"study {name!r} was created from a different search space "
+                                 f"({', '.join(changed)} changed, e.g. by an edit or --set); its "
+                                 "trials are not comparable with new ones. Undo the change to "
+                                 "resume, or pick a new --study name (or --out directory)")
+        if before != ident:  # a new study, or one stamped by an older version: complete the stamp
+            study.set_user_attr("space", ident)
+    return study
+
+
+def counts(t: FrozenTrial) -> bool:
+    """Does this trial count toward the study's total?"""
+    if t.user_attrs.get("surplus"):
+        return False
+    return t.state == TrialState.RUNNING or (t.state in FINISHED and "record" in t.user_attrs)
+
+
+@dataclass
+class Tally:
+    """Where a study stands."""
+
+    counted: int = 0  # finished with a record, or running
+    running: int = 0
+    statuses: Counter = field(default_factory=Counter)  # record status -> finished trials
+
+    @property
+    def done(self) -> int:
+        return self.counted - self.running
+
+
+def tally(study: optuna.Study) -> Tally:
+    """Count a study's trials (see the module docstring for what counts)."""
+    out = Tally()
+    for t in study.get_trials(deepcopy=False):
+        if not counts(t):
+            continue
+        out.counted += 1
+        if t.state == TrialState.RUNNING:
+            out.running += 1
+        else:
+            out.statuses[t.user_attrs["record"].get("status", "?")] += 1
+    return out
+
+
+def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a dead trial's parameters again (once), unless it already recorded a result."""
+    if "record" in trial.user_attrs or trial.system_attrs.get("retry_history"):
+        return
+    if any(t.system_attrs.get("failed_trial") == trial.number  # another worker queued it already
+           for t in study.get_trials(deepcopy=False)):
+        return
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        system_attrs={"failed_trial": trial.number, "retry_history": [trial.number]}))
+
+
+def _alive(tag: str) -> bool:
+    """Is the worker ``host:pid:start`` (from `cvt_nas.search.trial.worker_tag`) still running?"""
+    host, _, rest = tag.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's worker: only its heartbeat can tell
+    if not Path("/proc").is_dir():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            now = fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return False
+    return not start or now == start  # a different start time: the pid was reused
+
+
+def fail_dead_trials(study: optuna.Study, only_local: bool = True) -> list[int]:
+    """Fail RUNNING trials whose worker process is gone and retry their parameters once.
+
+    With ``only_local`` a trial is failed only when its worker ran on this machine and is no
+    longer alive (other machines' trials are left to the RDB heartbeat); without it every
+    RUNNING or WAITING trial is failed (for a backend that is the study's only driver).
+    """
+    failed = []
+    # Other machines' dead trials: stale heartbeat -> FAIL, and `retry_trial` (the storage's
+    # stale-trial callback) queues their parameters. Done here, before anyone counts the study:
+    # a dead RUNNING trial still counts toward --trials. (A no-op without heartbeats; the
+    # study's storage is Optuna's cache wrapper, not the RDBStorage itself.)
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    fail_stale_trials(study)
+    failed += sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                     if t.number in running)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        tag = t.user_attrs.get("worker")
+        if only_local and (t.state != TrialState.RUNNING or tag is None or _alive(tag)):
+            continue
+        try:
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        except Exception:  # noqa: BLE001 - finished meanwhile by its own process
+            continue
+        failed.append(t.number)
+        if t.state == TrialState.RUNNING:
+            retry_trial(study, t)
+    return failed
+
+
+def collect(study: optuna.Study) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The records and per-epoch rows of every finished trial that holds a record."""
+    from cvt_nas.results import history_rows
+
+    records, epochs = [], []
+    for t in study.get_trials(deepcopy=False, states=FINISHED):
+        record = t.user_attrs.get("record")
+        if not isinstance(record, dict) or t.user_attrs.get("surplus"):
+            continue
+        records.append(record)
+        epochs += history_rows(record["study"], record["trial"], t.user_attrs.get("history"))
+    records.sort(key=lambda r: r["trial"])
+    return records, epochs
+
+
+def write_results(study: optuna.Study, out_dir: str | Path, objectives: dict[str, str],
+                  meta: dict[str, Any]) -> Path | None:
+    """Write ``out_dir`` (trials, epochs, Pareto table, study.yaml) from the study's records."""
+    from cvt_nas.results import write_outputs
+
+    records, epochs = collect(study)
+    if not records:
+        return None
+    return write_outputs(out_dir, records, epochs, objectives, meta)
+
+
+@contextlib.contextmanager
+def results_on_exit(study: optuna.Study, out_dir: str | Path, objectives: dict[str, str],
+                    meta: dict[str, Any]) -> Iterator[None]:
+    """Write the results when the block ends, also when it is interrupted (Ctrl-C)."""
+    try:
+        yield
+    finally:
+        try:
+            write_results(study, out_dir, objectives, meta)
+        except Exception as exc:  # noqa: BLE001 - never hide the block's own error
+            print(f"cvt-nas search: could not write {out_dir}: {exc}", file=sys.stderr)
+
+
+def front_summary(records: list[dict[str, Any]], objectives: dict[str, str], limit: int = 3
+                  ) -> str:
+    """A few points of the current Pareto front, e.g. ``81.2%/12.3M macs``."""
+    from cvt_nas.results import pareto_front, records_frame
+
+    done = [r for r in records if r.get("status") == "complete"]
+    if not done:
+        return "no complete trial yet"
+    front = pareto_front(records_frame(done), objectives)
+    parts = []
+    for _, row in front.head(limit).iterrows():
+        parts.append("/".join(_short(name, row[name]) for name in objectives))
+    more = f" (+{len(front) - limit})" if len(front) > limit else ""
+    return "front " + ", ".join(parts) + more
+
+
+def _short(name: str, value: Any) -> str:
+    if name == "val_top1":
+        return f"{value:.1f}%"
+    if name == "latency":
+        return f"{value:.1f}ms"
+    scale = next((s for s in ((1e9, "G"), (1e6, "M"), (1e3, "k")) if abs(value) >= s[0]),
+                 (1, ""))
+    return f"{value / scale[0]:.3g}{scale[1]} {name}"
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class Progress:
+    """A background thread printing a one-line status to stderr and refreshing the results."""
+
+    def __init__(self, storage_url: str, study: str, total: int, objectives: dict[str, str],
+                 out_dir: str | Path, meta: dict[str, Any], every: float = 5.0,
+                 write_every: float = 60.0, show: bool = True) -> None:
+        self.url, self.name, self.total = storage_url, study, total
+        self.objectives, self.out_dir, self.meta = objectives, out_dir, meta
+        self.every, self.write_every, self.show = every, write_every, show
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._last = ""
+        self._start = time.monotonic()
+        self._done_at_start: int | None = None
+
+    def __enter__(self) -> Progress:
+        self._start = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def line(self, study: optuna.Study) -> str:
+        t = tally(study)
+        records, _ = collect(study)
+        status = ", ".join(f"{k} {v}" for k, v in sorted(t.statuses.items())) or "none yet"
+        return (f"[{self.name}] {t.done}/{self.total} done ({status}), {t.running} running | "
+                f"{front_summary(records, self.objectives)}")
+
+    def timing(self, done: int) -> str:
+        """Elapsed time of this run and, once it finished a trial, a naive estimate of the rest."""
+        if self._done_at_start is None:
+            self._done_at_start = done
+        elapsed = time.monotonic() - self._start
+        text = f"{_duration(elapsed)} elapsed"
+        finished = done - self._done_at_start
+        if finished > 0 and done < self.total:
+            text += f", ~{_duration(elapsed / finished * (self.total - done))} left"
+        return text
+
+    def _run(self) -> None:
+        study = optuna.load_study(study_name=self.name,
+                                  storage=make_storage(self.url, heartbeat=None))
+        self.timing(tally(study).done)  # trials done before this run do not count for the rate
+        last_write = time.monotonic()
+        while True:
+            stopping = self._stop.wait(self.every)
+            try:
+                self._print_if_changed(study)  # once more when stopping: the final count
+                if not stopping and time.monotonic() - last_write > self.write_every:
+                    write_results(study, self.out_dir, self.objectives, self.meta)
+                    last_write = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - a status line must never stop a search
+                print(f"[{self.name}] progress: {exc}", file=sys.stderr, flush=True)
+            if stopping:
+                return
+
+    def _print_if_changed(self, study: optuna.Study) -> None:
+        text = self.line(study)
+        if self.show and text != self._last:  # a new line only when the study changed
+            print(f"{text} | {self.timing(tally(study).done)}", file=sys.stderr, flush=True)
+            self._last = text

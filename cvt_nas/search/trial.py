@@ -1,0 +1,300 @@
+"""The one trial function of a search, shared by the Optuna and Ray Tune backends.
+
+    sample (space.sample) -> configs adapted to the data -> analytic cost -> budget gate
+    -> [latency] -> run_trial -> record (cvt_nas.results.make_record) -> objective values
+
+A backend only draws the sample with its own sampler, passes a per-epoch ``report`` callback
+(pruning lives there) and stores what `evaluate` returns. Configs over budget are never built or
+trained: they come back ``infeasible`` with the reason and a constraint violation > 0 that the
+backend hands to its sampler, so it is steered away from them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cvt_nas.model.config import CvTConfig
+from cvt_nas.space import Sample, SearchSpace, Violation, parse_objectives
+from cvt_nas.training.config import TrainConfig
+
+Report = Callable[[int, dict[str, Any]], None]
+# What an infeasible trial "scores" for a sampler (never shown as a result): worst accuracy,
+# its true costs, and an unknown (infinite) latency.
+LATENCY_UNKNOWN = math.inf
+
+__all__ = [
+    "Gate", "LATENCY_UNKNOWN", "Outcome", "TrialSettings", "evaluate", "gate", "preflight",
+    "measure_latency", "objective_values", "parse_objectives", "record_extra", "worker_tag",
+]
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of a study shares: names, objectives and run-time overrides.
+
+    Attributes:
+        study: the study name (records carry it).
+        backend: ``optuna`` or ``ray`` (records carry it).
+        objectives: e.g. ``{"val_top1": "max", "macs": "min"}``.
+        device: overrides the space's ``train.device`` (None keeps it).
+        threads: torch threads of one trial (None leaves torch's setting).
+        latency_batch: batch size of the latency measurement.
+    """
+
+    study: str
+    backend: str
+    objectives: dict[str, str]
+    device: str | None = None
+    threads: int | None = None
+    latency_batch: int = 1
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The budget gate's verdict on one sample, computed before anything is built."""
+
+    model: CvTConfig | None  # adapted to the dataset (what would be trained)
+    train: TrainConfig | None
+    params: int | None
+    macs: int | None
+    violations: tuple[Violation, ...]
+
+    @property
+    def feasible(self) -> bool:
+        return not self.violations
+
+    @property
+    def violation(self) -> float:
+        """Total constraint violation (0 when feasible), the sampler's constraint value."""
+        return float(sum(v.amount for v in self.violations))
+
+    @property
+    def reason(self) -> str | None:
+        return "; ".join(v.message for v in self.violations) or None
+
+
+@dataclass
+class Outcome:
+    """What a backend stores for a trial and tells its sampler."""
+
+    status: str
+    record: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    values: list[float] | None = None  # None: the sampler gets no values (pruned, failed)
+    gate: Gate | None = None
+    reused: bool = False  # the result of an earlier trial with the same parameters
+
+
+def worker_tag() -> str:
+    """``host:pid:start`` of this process, so a restart can tell dead workers' trials apart."""
+    start = ""
+    try:
+        with open(f"/proc/{os.getpid()}/stat") as fh:
+            start = fh.read().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        pass
+    return f"{socket.gethostname()}:{os.getpid()}:{start}"
+
+
+def gate(space: SearchSpace, sample: Sample, settings: TrialSettings) -> Gate:
+    """Adapt the sample to its dataset and check every constraint (no torch model is built)."""
+    if sample.model is None or sample.train is None:
+        return Gate(None, sample.train, None, None,
+                    (Violation("valid", sample.error or "invalid sample", 1.0),))
+    from cvt_nas.training.trainer import adapt_config
+
+    train = sample.train
+    over: dict[str, Any] = {}
+    if settings.device is not None:
+        over["device"] = settings.device
+    if settings.threads is not None:
+        over["threads"] = settings.threads
+    if over:
+        train = train.replace(**over)
+    try:
+        model = adapt_config(sample.model, train)
+    except ValueError as exc:
+        return Gate(None, train, None, None, (Violation("valid", str(exc), 1.0),))
+    violations = tuple(space.violations(model))
+    try:
+        cost = space.cost(model)
+    except ValueError:
+        return Gate(model, train, None, None, violations)
+    return Gate(model, train, cost.params, cost.macs, violations)
+
+
+def preflight(space: SearchSpace, settings: TrialSettings) -> Gate:
+    """Gate one sample before a search starts, so a missing dataset fails at once.
+
+    Raises:
+        FileNotFoundError: the space's dataset is not where it says.
+    """
+    return gate(space, space.random(0), settings)
+
+
+def measure_latency(cfg: CvTConfig, device: str = "cpu", batch_size: int = 1,
+                    warmup: int = 3, repeats: int = 10) -> float:
+    """Median inference latency in milliseconds of one forward pass of ``CvT(cfg)``."""
+    import torch
+
+    from cvt_nas.model.network import CvT
+    from cvt_nas.training.trainer import resolve_device
+
+    dev = resolve_device(device)
+    model = CvT(cfg).to(dev).eval()
+    x = torch.randn(batch_size, cfg.in_chans, cfg.img_size, cfg.img_size, device=dev)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            start = time.perf_counter()
+            model(x)  # (B, num_classes)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def objective_values(record: Mapping[str, Any], objectives: Mapping[str, str]) -> list[float]:
+    """The record's objective values, in the order of ``objectives``."""
+    out = []
+    for name in objectives:
+        value = record.get(name)
+        out.append(float(value) if value is not None else math.nan)
+    return out
+
+
+def record_extra(sample: Sample, g: Gate, settings: TrialSettings) -> dict[str, Any]:
+    """Columns a search adds to `make_record`'s: sampled parameters, violation, worker."""
+    extra: dict[str, Any] = {"params_sampled": json.dumps(sample.params, sort_keys=True),
+                             "constraint_violation": g.violation, "worker": worker_tag()}
+    if "latency" in settings.objectives:
+        extra["latency"] = None
+    return extra
+
+
+def _infeasible_values(g: Gate, objectives: Mapping[str, str]) -> list[float]:
+    known = {"val_top1": 0.0, "macs": g.macs, "params": g.params, "latency": LATENCY_UNKNOWN}
+    return [float(v) if (v := known[n]) is not None else LATENCY_UNKNOWN for n in objectives]
+
+
+def evaluate(
+    space: SearchSpace,
+    sample: Sample,
+    trial: int,
+    settings: TrialSettings,
+    report: Report | None = None,
+    on_gate: Callable[[Gate, dict[str, float]], None] | None = None,
+    reuse: Callable[[str], tuple[dict[str, Any], list[dict[str, Any]]] | None] | None = None,
+) -> Outcome:
+    """Run one trial of a search from its sample: gate, (latency,) train, record.
+
+    Args:
+        space: the search space (budget and image size).
+        sample: the drawn parameters and configs.
+        trial: the trial number within the study (records carry it).
+        settings: study-wide settings.
+        report: per-epoch callback handed to `run_trial` (may raise `TrialPruned`).
+        on_gate: called once the gate has decided, before any training, with the gate and the
+            costs known up front (``macs``, ``params``, ``latency`` when measured); backends
+            use it to give their sampler the constraint value.
+        reuse: looks up a finished ``complete`` trial of the study by its sampled parameters
+            (``params_sampled``, JSON) and returns its record and history; a feasible sample
+            found there is not trained again: its result is copied under this trial's number with
+            ``wall_time_s`` 0 and ``reason`` naming the source trial. Seeded CPU training on the
+            same thread count is deterministic, so retraining would give the same numbers; on
+            another thread count or device they differ by floating-point rounding (or GPU
+            nondeterminism), far less than seed-to-seed noise.
+
+    Returns:
+        The outcome; ``values`` are set for ``complete`` trials (the objectives) and for
+        ``infeasible`` ones (worst accuracy and their true costs, to steer a sampler away).
+    """
+    from cvt_nas.results import make_record
+
+    g = gate(space, sample, settings)
+    extra = record_extra(sample, g, settings)
+    known: dict[str, float] = {}
+    if g.macs is not None and g.params is not None:
+        known = {"macs": float(g.macs), "params": float(g.params)}
+    if not g.feasible:
+        if on_gate is not None:
+            on_gate(g, known)
+        record = _infeasible_record(space, sample, g, trial, settings, extra)
+        return Outcome("infeasible", record, [], _infeasible_values(g, settings.objectives), g)
+    assert g.model is not None and g.train is not None
+    assert sample.model is not None  # gate() gives no model for a sample without one
+    previous = reuse(extra["params_sampled"]) if reuse is not None else None
+    if previous is not None:
+        if previous[0].get("latency") is not None:
+            known["latency"] = float(previous[0]["latency"])
+        if on_gate is not None:
+            on_gate(g, known)
+        return _reused(previous, trial, extra, settings, g)
+    if "latency" in settings.objectives:
+        import torch
+
+        if g.train.threads:
+            torch.set_num_threads(g.train.threads)
+        extra["latency"] = known["latency"] = measure_latency(
+            g.model, g.train.device, settings.latency_batch)
+    if on_gate is not None:
+        on_gate(g, known)
+    from cvt_nas.training.trainer import TrialPruned, run_trial
+
+    why: list[str] = []
+
+    def reporting(epoch: int, metrics: dict[str, Any]) -> None:
+        assert report is not None
+        try:
+            report(epoch, metrics)
+        except TrialPruned as exc:
+            why.append(str(exc) or f"pruned after epoch {epoch}")
+            raise
+
+    result = run_trial(sample.model, g.train, report=reporting if report else None)
+    record = make_record(study=settings.study, trial=trial, backend=settings.backend,
+                         model_cfg=g.model, train_cfg=g.train, result=result,
+                         reason=result.error or (why[0] if why else None), extra=extra)
+    values = None
+    if result.status == "complete":
+        values = objective_values(record, settings.objectives)
+        if any(math.isnan(v) for v in values):  # e.g. no validation split: nothing to rank
+            record["status"], values = "failed", None
+            record["reason"] = "an objective is missing (val_fraction 0 gives no val_top1)"
+    return Outcome(record["status"], record, list(result.history), values, g)
+
+
+def _reused(previous: tuple[dict[str, Any], list[dict[str, Any]]], trial: int,
+            extra: dict[str, Any], settings: TrialSettings, g: Gate) -> Outcome:
+    source, history = previous
+    record = {**source, "trial": int(trial), "worker": extra["worker"], "wall_time_s": 0.0,
+              "reason": f"same parameters as trial {source['trial']}: its result, not retrained",
+              "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
+    return Outcome("complete", record, list(history),
+                   objective_values(record, settings.objectives), g, reused=True)
+
+
+def _infeasible_record(space: SearchSpace, sample: Sample, g: Gate, trial: int,
+                       settings: TrialSettings, extra: dict[str, Any]) -> dict[str, Any]:
+    from cvt_nas.results import make_record
+
+    if g.model is not None and g.train is not None:
+        return make_record(study=settings.study, trial=trial, backend=settings.backend,
+                           model_cfg=g.model, train_cfg=g.train, result=None,
+                           status="infeasible", reason=g.reason, extra=extra)
+    # An invalid architecture has no config to describe: keep the identity and the reason.
+    return {"study": settings.study, "trial": int(trial), "backend": settings.backend,
+            "status": "infeasible", "reason": g.reason, "arch_id": None, "epochs": 0,
+            "img_size": space.img_size, **extra}
