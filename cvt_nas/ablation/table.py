@@ -21,9 +21,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cvt_nas.ablation.experiment import Experiment, cost_rows
+from cvt_nas.common import fmt
+from cvt_nas.common.atomic import atomic_path, atomic_write_text
+from cvt_nas.results.tables import to_markdown
 
 __all__ = ["build_table", "records_from_study", "table_markdown", "write_table"]
 
@@ -118,22 +122,19 @@ def build_table(exp: Experiment, scale: str, records: pd.DataFrame | None = None
     return table
 
 
-def _fmt(col: str, v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if isinstance(v, bool):
+def _cell(col: str, v: Any) -> str:
+    """One cell of table.md: counts in M/G, relative errors in %, signed differences."""
+    if isinstance(v, bool | np.bool_):
         return "yes" if v else "no"
     if col in ("params", "run_params"):
-        return f"{int(v) / 1e6:.2f} M"
+        return fmt.params(v)
     if col in ("macs", "run_macs"):
-        return f"{int(v) / 1e9:.3f} G" if int(v) >= 1e8 else f"{int(v) / 1e6:.1f} M"
+        return fmt.macs(v)
     if col.endswith("_err"):
-        return f"{100 * float(v):+.2f}%"
-    if col in ("delta", "paper_delta", "delta_se"):
-        return f"{float(v):+.2f}" if col != "delta_se" else f"{float(v):.2f}"
-    if isinstance(v, float):
-        return f"{v:.2f}"
-    return str(v)
+        return fmt.percent(v)
+    if col in ("delta", "paper_delta"):
+        return fmt.signed(v)
+    return fmt.cell(v)
 
 
 def table_markdown(exp: Experiment, scale: str, table: pd.DataFrame) -> str:
@@ -153,10 +154,7 @@ def table_markdown(exp: Experiment, scale: str, table: pd.DataFrame) -> str:
                   f"(mean and sample std over seeds). {sc.notes}", ""]
     lines += ["`params`/`macs`: our exact counts of the paper-scale architecture; "
               "`run_*` columns and top-1 are at the chosen scale.", ""]
-    lines.append("| " + " | ".join(cols) + " |")
-    lines.append("|" + "|".join("---" for _ in cols) + "|")
-    for rec in table.to_dict("records"):
-        lines.append("| " + " | ".join(_fmt(c, rec.get(c)) for c in cols) + " |")
+    lines.append(to_markdown(table, cols, cell=_cell, align=False))
     notes = [f"- {r.row}: {r.note}" for r in exp.rows if r.note]
     if notes:
         lines += ["", *notes]
@@ -166,6 +164,6 @@ def table_markdown(exp: Experiment, scale: str, table: pd.DataFrame) -> str:
 def write_table(exp: Experiment, scale: str, table: pd.DataFrame, out_dir: str | Path) -> None:
     """Write ``table.csv`` and ``table.md`` into ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "table.csv", index=False)
-    (out / "table.md").write_text(table_markdown(exp, scale, table))
+    with atomic_path(out / "table.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    atomic_write_text(out / "table.md", table_markdown(exp, scale, table))

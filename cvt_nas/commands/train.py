@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cvt_nas.commands._common import parse_set
+from cvt_nas.common import fmt
 from cvt_nas.common.yamlfile import read_yaml
 from cvt_nas.model.config import CvTConfig
 from cvt_nas.model.presets import get_config
@@ -198,7 +199,7 @@ def _summary(name: str, cfg: TrainConfig, r: Any, path: Path) -> str:
         parts.append(f"val top-1 {r.val_top1:.2f}%")
     if r.test_top1 is not None:
         parts.append(f"test top-1 {r.test_top1:.2f}% (top-5 {r.test_top5:.2f}%)")
-    parts.append(f"{r.params / 1e6:.2f}M params, {r.macs / 1e6:.1f}M MACs")
+    parts.append(f"{fmt.params(r.params)} params, {fmt.macs(r.macs)} MACs")
     if r.images_per_s:
         parts.append(f"{r.images_per_s:.0f} img/s")
     parts.append(f"{r.wall_time_s:.0f} s -> {path}")

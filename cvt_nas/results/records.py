@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from cvt_nas.common import fmt
 from cvt_nas.model.config import BLOCK_FIELDS, STAGE_FIELDS, CvTConfig
 from cvt_nas.model.cost import analytic_cost
 
@@ -88,14 +89,8 @@ def arch_columns(num_stages: int) -> list[str]:
 def format_blocks(value: Any) -> str:
     """A per-block list as a compact string: ``[1, 2, 2, 1]`` -> ``"1,2,2,1"``."""
     if isinstance(value, list | tuple):
-        return ",".join(_format_number(v) for v in value)
-    return _format_number(value)
-
-
-def _format_number(v: Any) -> str:
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
+        return ",".join(fmt.number(v) for v in value)
+    return fmt.number(value)
 
 
 def arch_json(cfg: CvTConfig) -> str:
@@ -290,7 +285,7 @@ def _infer_kind(present: list[Any]) -> str:
 
 
 def _typed(values: list[Any], kind: str | None) -> pd.Series:
-    missing = [_missing(v) for v in values]
+    missing = [fmt.is_missing(v) for v in values]
     present = [v for v, m in zip(values, missing, strict=True) if not m]
     if any(isinstance(v, str) for v in present) and kind in ("int", "float", None):
         kind = "str"  # per-block strings ("1,2,2,1") next to numbers
@@ -327,12 +322,6 @@ def epochs_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     data = {c: _typed([r.get(c) for r in rows], kinds.get(c, "float" if c in EPOCH_COLUMNS
                                                           else None)) for c in columns}
     return pd.DataFrame(data, columns=columns, index=pd.RangeIndex(len(rows)))
-
-
-def _missing(v: Any) -> bool:
-    if v is None or v is pd.NA:
-        return True
-    return isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral) and math.isnan(v)
 
 
 def block_columns(df: pd.DataFrame) -> list[str]:
