@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from cvt_nas.commands.report import parse_objectives
 from cvt_nas.results import (
     atomic_path,
     atomic_write_text,
@@ -18,6 +17,7 @@ from cvt_nas.results import (
     load_meta,
     pareto_front,
     pareto_table,
+    parse_objectives,
     plot_compare,
     study_objectives,
     to_markdown,
@@ -46,9 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _objectives(args: argparse.Namespace) -> dict[str, str]:
-    given = parse_objectives(args.objective)
-    if given:
-        return given
+    if args.objective is not None:
+        return parse_objectives(args.objective, "--objective")
     found = {str(d): study_objectives(d) for d in args.dirs}
     distinct = {tuple(o.items()) for o in found.values()}
     if len(distinct) > 1:

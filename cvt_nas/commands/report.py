@@ -10,30 +10,12 @@ from cvt_nas.results import (
     load_meta,
     pareto_front,
     pareto_table,
+    parse_objectives,
     study_objectives,
     to_latex,
     to_markdown,
     write_outputs,
 )
-
-_DIRECTIONS = ("max", "min")
-
-
-def parse_objectives(items: list[str] | None) -> dict[str, str] | None:
-    """``["val_top1:max", "macs=min"]`` (or one comma-separated string) -> a dict; None if empty.
-
-    Accepts ``:`` (as in search spaces' ``objectives``) or ``=`` between name and direction.
-    """
-    if not items:
-        return None
-    out = {}
-    for item in ",".join(items).split(","):
-        name, sep, direction = item.strip().replace("=", ":").partition(":")
-        if not sep or not name or direction.strip() not in _DIRECTIONS:
-            raise ValueError(f"--objective {item!r}: expected NAME:max or NAME:min, "
-                             "e.g. --objective val_top1:max --objective macs:min")
-        out[name.strip()] = direction.strip()
-    return out
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     trials = load(args.dir)
-    objectives = parse_objectives(args.objective) or study_objectives(args.dir)
+    objectives = (parse_objectives(args.objective, "--objective") if args.objective is not None
+                  else study_objectives(args.dir))
     write_outputs(args.dir, trials, load_epochs(args.dir), objectives, load_meta(args.dir))
     front = pareto_front(trials, objectives, all_ranks=args.all_ranks)
     table = pareto_table(front, objectives)

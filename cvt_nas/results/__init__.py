@@ -25,6 +25,7 @@ from cvt_nas.results.io import (
     study_objectives,
     write_outputs,
 )
+from cvt_nas.results.objectives import OBJECTIVE_NAMES, check_objectives, parse_objectives
 from cvt_nas.results.pareto import (
     default_reference,
     hypervolume,
@@ -51,6 +52,7 @@ from cvt_nas.results.tables import arch_string, pareto_table, to_latex, to_markd
 __all__ = [
     "DEFAULT_OBJECTIVES",
     "EPOCH_COLUMNS",
+    "OBJECTIVE_NAMES",
     "STATUSES",
     "TRAIN_PREFIX",
     "StudyTables",
@@ -58,6 +60,7 @@ __all__ = [
     "arch_string",
     "atomic_path",
     "atomic_write_text",
+    "check_objectives",
     "default_reference",
     "epochs_frame",
     "from_optuna",
@@ -77,6 +80,7 @@ __all__ = [
     "pareto_front",
     "pareto_rank",
     "pareto_table",
+    "parse_objectives",
     "plot_compare",
     "plot_pareto",
     "records_frame",

@@ -26,7 +26,8 @@ import yaml
 
 from cvt_nas.common.atomic import atomic_path, atomic_write_text
 from cvt_nas.common.yamlfile import read_yaml
-from cvt_nas.results.pareto import check_objectives, pareto_front
+from cvt_nas.results.objectives import check_objectives, parse_objectives
+from cvt_nas.results.pareto import pareto_front
 from cvt_nas.results.plots import plot_pareto
 from cvt_nas.results.records import epochs_frame, records_frame
 from cvt_nas.results.tables import pareto_table, to_markdown
@@ -174,8 +175,12 @@ def load_meta(path: str | Path) -> dict[str, Any]:
 
 
 def study_objectives(path: str | Path) -> dict[str, str]:
-    """The objectives recorded in study.yaml, or the default ``val_top1`` max / ``macs`` min."""
-    return dict(load_meta(path).get("objectives") or DEFAULT_OBJECTIVES)
+    """The objectives recorded in study.yaml (checked as a search checks them), or the default
+    ``val_top1`` max / ``macs`` min when it records none."""
+    stored = load_meta(path).get("objectives")
+    if stored is None:
+        return dict(DEFAULT_OBJECTIVES)
+    return parse_objectives(stored, f"{_results_dir(path) / STUDY_YAML}: objectives")
 
 
 def study_labels(paths: Sequence[str | Path], studies: Sequence[str | None]) -> list[str]:
