@@ -14,7 +14,13 @@ Nothing here imports torch itself (``import cvt_nas`` does, for the model).
 from __future__ import annotations
 
 from cvt_nas.common.atomic import atomic_path, atomic_write_text
-from cvt_nas.results.importers import StudyTables, from_optuna, from_ray
+from cvt_nas.results.importers import (
+    StudyTables,
+    from_optuna,
+    from_ray,
+    read_study,
+    study_records,
+)
 from cvt_nas.results.io import (
     DEFAULT_OBJECTIVES,
     load,
@@ -46,6 +52,7 @@ from cvt_nas.results.records import (
     history_rows,
     make_record,
     records_frame,
+    reused_record,
 )
 from cvt_nas.results.tables import arch_string, pareto_table, to_latex, to_markdown
 
@@ -83,8 +90,11 @@ __all__ = [
     "parse_objectives",
     "plot_compare",
     "plot_pareto",
+    "read_study",
     "records_frame",
+    "reused_record",
     "study_objectives",
+    "study_records",
     "to_latex",
     "to_markdown",
     "write_outputs",
