@@ -27,33 +27,27 @@ import pandas as pd
 from cvt_nas.ablation.experiment import Experiment, cost_rows
 from cvt_nas.common import fmt
 from cvt_nas.common.atomic import atomic_path, atomic_write_text
+from cvt_nas.results.importers import StudyTables
 from cvt_nas.results.tables import to_markdown
 
-__all__ = ["build_table", "records_from_study", "table_markdown", "write_table"]
+__all__ = ["build_table", "table_markdown", "table_records", "write_table"]
 
 
-def records_from_study(study: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(records, epochs) of the COMPLETE trials of an ablation study, one per (row, seed)."""
-    import optuna
+def table_records(tables: StudyTables, seeds: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The records a table is made of, and their epochs: the complete trials of seeds
+    ``0 .. seeds-1``, one per (row, seed), sorted by row and seed.
 
-    from cvt_nas.results import history_rows
-
-    recs, epochs, seen = [], [], set()
-    for t in sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
-                    key=lambda t: t.number):
-        rec = t.user_attrs.get("record")
-        if not rec:
-            continue
-        pair = (str(rec.get("row")), int(rec.get("seed")))
-        if pair in seen:
-            continue
-        seen.add(pair)
-        recs.append(rec)
-        epochs.extend(history_rows(study.study_name, t.number, t.user_attrs.get("history", [])))
-    records = pd.DataFrame(recs)
-    if not records.empty:
-        records = records.sort_values(["row", "seed"]).reset_index(drop=True)
-    return records, pd.DataFrame(epochs)
+    ``tables`` is `cvt_nas.results.read_study` of the experiment's study (its rules leave out
+    failed attempts' stand-ins and trials that lost a race for a pair); a study made before
+    races were flagged may still hold two complete trials of a pair: the first one counts.
+    """
+    trials = tables.trials
+    done = trials[trials["status"].eq("complete").fillna(False).astype(bool)
+                  & trials["seed"].lt(seeds).fillna(False).astype(bool)]
+    records = (done.drop_duplicates(["row", "seed"])
+               .sort_values(["row", "seed"], kind="stable").reset_index(drop=True))
+    epochs = tables.epochs[tables.epochs["trial"].isin(records["trial"])].reset_index(drop=True)
+    return records, epochs
 
 
 def _sign(x: Any) -> int:
@@ -161,9 +155,14 @@ def table_markdown(exp: Experiment, scale: str, table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(exp: Experiment, scale: str, table: pd.DataFrame, out_dir: str | Path) -> None:
-    """Write ``table.csv`` and ``table.md`` into ``out_dir``."""
+def write_table(exp: Experiment, scale: str, table: pd.DataFrame, out_dir: str | Path,
+                records: pd.DataFrame | None = None, epochs: pd.DataFrame | None = None) -> None:
+    """Write ``table.csv`` and ``table.md`` into ``out_dir``, and with them the records and
+    epochs they were made of (``records.csv``, ``epochs.csv``), each file atomically."""
     out = Path(out_dir)
-    with atomic_path(out / "table.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    frames = {"table.csv": table, "records.csv": records, "epochs.csv": epochs}
+    for name, frame in frames.items():
+        if frame is not None:
+            with atomic_path(out / name) as tmp:
+                frame.to_csv(tmp, index=False)
     atomic_write_text(out / "table.md", table_markdown(exp, scale, table))

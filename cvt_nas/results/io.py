@@ -15,6 +15,7 @@ so a crash (or a reader running at the same time) never sees a half-written file
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -29,7 +30,7 @@ from cvt_nas.common.yamlfile import read_yaml
 from cvt_nas.results.objectives import check_objectives, parse_objectives
 from cvt_nas.results.pareto import pareto_front
 from cvt_nas.results.plots import plot_pareto
-from cvt_nas.results.records import epochs_frame, records_frame
+from cvt_nas.results.records import epochs_frame, history_rows, records_frame
 from cvt_nas.results.tables import pareto_table, to_markdown
 
 TRIALS_PARQUET = "trials.parquet"
@@ -89,7 +90,7 @@ def write_outputs(
     Returns:
         The directory.
     """
-    out = Path(out_dir)
+    out = check_out_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trials_df = trials if isinstance(trials, pd.DataFrame) else records_frame(trials)
     epochs_df = epochs if isinstance(epochs, pd.DataFrame) else epochs_frame(epochs or [])
@@ -111,6 +112,7 @@ def write_outputs(
     plot_pareto(trials_df, objectives, out / "pareto.png", title=title)
 
     study = dict(_plain(dict(meta or {})))
+    study.setdefault("study", _study_name(trials_df, out))
     study["objectives"] = dict(objectives)
     study.setdefault("versions", package_versions())
     study.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
@@ -121,6 +123,57 @@ def write_outputs(
                                   trials_df["status"].value_counts(sort=False).items()}
     atomic_write_text(out / STUDY_YAML, yaml.safe_dump(study, sort_keys=False))
     return out
+
+
+def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` as a directory to write into: missing (it is created when written) or a directory.
+
+    Raises:
+        ValueError: it, or a folder above it, is a file.
+    """
+    out = Path(path)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == out else f"is under {str(p)!r}, a file"
+                raise ValueError(f"{flag} {str(out)!r} {what}; give a directory (a new one is "
+                                 "created)")
+            break
+    return out
+
+
+def write_run(path: str | Path, record: Mapping[str, Any],
+              history: Sequence[Mapping[str, Any]]) -> Path:
+    """Write one trained run as JSON: its record (`make_record`) and per-epoch history, the same
+    pair a study keeps with each trial (``user_attrs["record"]`` / ``["history"]``)."""
+    path = Path(path)
+    check_out_dir(path.parent)
+    atomic_write_text(path, json.dumps({"record": dict(record), "history": list(history)},
+                                       indent=2) + "\n")
+    return path
+
+
+def read_run(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The record and history of a run file written by `write_run` (``cvt-nas train``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not such a run file (e.g. one from an older ``cvt-nas train``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"run file {str(path)!r} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); write it again with cvt-nas train"
+                         ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("record"), dict):
+        hint = (" (written by an older cvt-nas train: rerun its 'command' to get a standard "
+                "record)" if isinstance(data, dict) and "result" in data else "")
+        raise ValueError(f"{path}: no 'record' object{hint}; expected the JSON cvt-nas train "
+                         "writes: {\"record\": {...}, \"history\": [...]}")
+    return data["record"], list(data.get("history") or [])
 
 
 def _study_name(df: pd.DataFrame, out: Path) -> str:
@@ -143,12 +196,19 @@ def _results_dir(path: str | Path) -> Path:
     return path
 
 
+def _is_run(path: str | Path) -> bool:
+    return Path(path).suffix == ".json" and Path(path).is_file()
+
+
 def load(path: str | Path) -> pd.DataFrame:
-    """The trials table of a results directory (parquet when present, else CSV).
+    """The trials table of a results directory (parquet when present, else CSV), or the one-row
+    table of a run file of ``cvt-nas train`` (``runs/train/<name>/<name>.json``).
 
     Rows pass through `records_frame`, so columns and dtypes follow the schema whichever file
     (or writer version) they came from.
     """
+    if _is_run(path):
+        return records_frame([read_run(path)[0]])
     path = _results_dir(path)
     if (path / TRIALS_PARQUET).exists():
         raw = pd.read_parquet(path / TRIALS_PARQUET)
@@ -158,7 +218,11 @@ def load(path: str | Path) -> pd.DataFrame:
 
 
 def load_epochs(path: str | Path) -> pd.DataFrame:
-    """The per-epoch table of a results directory (empty when it was never written)."""
+    """The per-epoch table of a results directory (empty when it was never written) or of a run
+    file of ``cvt-nas train``."""
+    if _is_run(path):
+        record, history = read_run(path)
+        return epochs_frame(history_rows(record["study"], record["trial"], history))
     path = _results_dir(path)
     if (path / EPOCHS_PARQUET).exists():
         return epochs_frame(pd.read_parquet(path / EPOCHS_PARQUET).to_dict("records"))
