@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pandas as pd
 
@@ -22,7 +21,7 @@ from cvt_nas.results import (
     study_objectives,
     to_markdown,
 )
-from cvt_nas.results.io import study_labels
+from cvt_nas.results.io import check_out_dir, study_labels
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -70,6 +69,7 @@ def _reference(items: list[str] | None, objectives: dict[str, str], frame: pd.Da
 
 
 def run(args: argparse.Namespace) -> int:
+    out = check_out_dir(args.out)
     objectives = _objectives(args)
     frames = [load(d) for d in args.dirs]
     if args.names:
@@ -83,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
     by_name = dict(zip(names, frames, strict=True))
     ref = _reference(args.ref, objectives, pd.concat(frames, ignore_index=True))
 
-    out = Path(args.out)
     box = ideal_box(pd.concat(frames, ignore_index=True), objectives, ref)
     histories = plot_compare(by_name, objectives, ref, out / "compare.png", scale=box)
     rows, fronts = [], []

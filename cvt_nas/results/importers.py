@@ -114,7 +114,7 @@ def from_optuna(storage: str, study_name: str | None = None) -> StudyTables:
 
     from cvt_nas.common.storage import open_storage, redact
 
-    path = _storage_file(storage)
+    path = storage_file(storage)
     if path is not None and not path.is_file():
         raise ValueError(f"Optuna storage {redact(storage)!r}: no such file {str(path)!r}; give "
                          "the study's storage, e.g. sqlite:///results/<study>/study.db or a "
@@ -134,7 +134,7 @@ def from_optuna(storage: str, study_name: str | None = None) -> StudyTables:
     return read_study(optuna.load_study(study_name=study_name, storage=storage_obj))
 
 
-def _storage_file(url: str) -> Path | None:
+def storage_file(url: str) -> Path | None:
     """The local file behind a SQLite URL or journal path (None for a database server)."""
     from cvt_nas.common.storage import is_journal
 

@@ -32,12 +32,16 @@ from cvt_nas.results.pareto import pareto_front
 from cvt_nas.results.plots import plot_pareto
 from cvt_nas.results.records import epochs_frame, history_rows, records_frame
 from cvt_nas.results.tables import pareto_table, to_markdown
+from cvt_nas.results.validate import check_epochs, check_same_trials, check_trials, read_table
 
 TRIALS_PARQUET = "trials.parquet"
 TRIALS_CSV = "trials.csv"
 EPOCHS_PARQUET = "epochs.parquet"
 STUDY_YAML = "study.yaml"
 DEFAULT_OBJECTIVES = {"val_top1": "max", "macs": "min"}
+# What `write_outputs` writes, in this order.
+OUTPUT_FILES = (TRIALS_CSV, TRIALS_PARQUET, EPOCHS_PARQUET, "pareto.csv", "pareto.md",
+                "pareto.png", STUDY_YAML)
 VERSION_PACKAGES = ("cvt-nas", "torch", "timm", "optuna", "ray", "pandas", "numpy", "pyarrow",
                     "matplotlib")
 
@@ -182,13 +186,13 @@ def _study_name(df: pd.DataFrame, out: Path) -> str:
     return out.name
 
 
-def _results_dir(path: str | Path) -> Path:
+def _results_dir(path: str | Path, need_trials: bool = True) -> Path:
     path = Path(path)
     if path.is_file():
         path = path.parent
     if not path.is_dir():
         raise FileNotFoundError(f"results directory {str(path)!r} does not exist")
-    if not (path / TRIALS_PARQUET).exists() and not (path / TRIALS_CSV).exists():
+    if need_trials and not (path / TRIALS_PARQUET).exists() and not (path / TRIALS_CSV).exists():
         raise FileNotFoundError(
             f"{str(path)!r} has no {TRIALS_PARQUET} or {TRIALS_CSV}; give a results/<study>/ "
             "directory written by `cvt-nas search` (or by cvt_nas.results.write_outputs)"
@@ -210,11 +214,19 @@ def load(path: str | Path) -> pd.DataFrame:
     if _is_run(path):
         return records_frame([read_run(path)[0]])
     path = _results_dir(path)
-    if (path / TRIALS_PARQUET).exists():
-        raw = pd.read_parquet(path / TRIALS_PARQUET)
-    else:
-        raw = pd.read_csv(path / TRIALS_CSV)
+    fix = _fix(path)
+    tables = {name: read_table(path / name, fix) for name in (TRIALS_PARQUET, TRIALS_CSV)
+              if (path / name).exists()}
+    if len(tables) == 2:
+        check_same_trials(tables[TRIALS_PARQUET], tables[TRIALS_CSV], path, fix)
+    name, raw = next(iter(tables.items()))
+    check_trials(raw, path / name, fix)
     return records_frame(raw.to_dict("records"))
+
+
+def _fix(path: Path) -> str:
+    return (f"restore the file, or rebuild the folder from its study with `cvt-nas report "
+            f"{path} --write`")
 
 
 def load_epochs(path: str | Path) -> pd.DataFrame:
@@ -224,14 +236,16 @@ def load_epochs(path: str | Path) -> pd.DataFrame:
         record, history = read_run(path)
         return epochs_frame(history_rows(record["study"], record["trial"], history))
     path = _results_dir(path)
-    if (path / EPOCHS_PARQUET).exists():
-        return epochs_frame(pd.read_parquet(path / EPOCHS_PARQUET).to_dict("records"))
-    return epochs_frame([])
+    if not (path / EPOCHS_PARQUET).exists():
+        return epochs_frame([])
+    raw = read_table(path / EPOCHS_PARQUET, _fix(path))
+    check_epochs(raw, path / EPOCHS_PARQUET, _fix(path))
+    return epochs_frame(raw.to_dict("records"))
 
 
 def load_meta(path: str | Path) -> dict[str, Any]:
     """The study.yaml of a results directory as a dict (empty when absent)."""
-    path = _results_dir(path)
+    path = _results_dir(path, need_trials=False)
     if not (path / STUDY_YAML).exists():
         return {}
     data: dict[str, Any] = read_yaml(path / STUDY_YAML, "study.yaml")
@@ -244,7 +258,7 @@ def study_objectives(path: str | Path) -> dict[str, str]:
     stored = load_meta(path).get("objectives")
     if stored is None:
         return dict(DEFAULT_OBJECTIVES)
-    return parse_objectives(stored, f"{_results_dir(path) / STUDY_YAML}: objectives")
+    return parse_objectives(stored, f"{_results_dir(path, False) / STUDY_YAML}: objectives")
 
 
 def study_labels(paths: Sequence[str | Path], studies: Sequence[str | None]) -> list[str]:

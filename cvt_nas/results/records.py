@@ -277,7 +277,7 @@ def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """
     records = [dict(r) for r in records]
     columns = _order(c for r in records for c in r)
-    data = {c: _typed([r.get(c) for r in records], _schema_kind(c)) for c in columns}
+    data = {c: _typed([r.get(c) for r in records], column_kind(c)) for c in columns}
     return pd.DataFrame(data, columns=columns, index=pd.RangeIndex(len(records)))
 
 
@@ -289,7 +289,9 @@ _KIND_BY_STAGE_FIELD = {
 }
 
 
-def _schema_kind(col: str) -> str | None:
+def column_kind(col: str) -> str | None:
+    """The schema's type of a column (``int``, ``float``, ``bool``, ``str``), None when the
+    schema leaves it to the values (``train.*`` and extra columns)."""
     if col in _INT_COLUMNS:
         return "int"
     if col in _FLOAT_COLUMNS or col == "drop_rate":
