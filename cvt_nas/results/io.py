@@ -14,6 +14,7 @@ so a crash (or a reader running at the same time) never sees a half-written file
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import platform
@@ -88,8 +89,9 @@ def write_outputs(
         trials: the trials table, or the list of records from `make_record`.
         epochs: the per-epoch table, or the rows from `history_rows` (None: empty).
         objectives: e.g. ``{"val_top1": "max", "macs": "min"}``.
-        meta: what study.yaml should hold: ``space``, ``settings``, ... Package ``versions``,
-            ``command`` (this process's command line) and ``created`` are added unless present.
+        meta: what study.yaml should hold: ``space``, ``settings``, ``command``, ... Package
+            ``versions``, the ``study`` name and ``created`` (the first write's time, kept from
+            an existing study.yaml) are added unless present.
 
     Returns:
         The directory.
@@ -119,7 +121,10 @@ def write_outputs(
     study.setdefault("study", _study_name(trials_df, out))
     study["objectives"] = dict(objectives)
     study.setdefault("versions", package_versions())
-    study.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
+    if "created" not in study and (out / STUDY_YAML).is_file():  # an earlier write's stamp
+        with contextlib.suppress(ValueError):
+            study["created"] = read_yaml(out / STUDY_YAML, "study.yaml").get("created")
+    study["created"] = study.get("created") or datetime.now(UTC).isoformat(timespec="seconds")
     study["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
     study["n_trials"] = len(trials_df)
     if "status" in trials_df.columns:
