@@ -55,10 +55,6 @@ def _sign(x: Any) -> int:
     return int(x > 0) - int(x < 0)
 
 
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
 def build_table(exp: Experiment, scale: str, records: pd.DataFrame | None = None,
                 metric: str | None = None) -> pd.DataFrame:
     """The experiment's table; ``records`` (one row per trial, with ``row`` and ``seed``)
@@ -109,7 +105,7 @@ def build_table(exp: Experiment, scale: str, records: pd.DataFrame | None = None
         ses.append(se)
         # A tie (equal means, e.g. the same val images right on each seed) has no sign.
         tie = abs(d) < 1e-9
-        same.append(None if _missing(pd_) or _sign(pd_) == 0 or tie else _sign(d) == _sign(pd_))
+        same.append(None if fmt.is_missing(pd_) or _sign(pd_) == 0 or tie else _sign(d) == _sign(pd_))
         noise.append(None if se is None else abs(d) <= 2 * se)
     table["delta"], table["delta_se"] = deltas, ses
     table["same_sign"], table["within_noise"] = same, noise
