@@ -121,7 +121,7 @@ class _Objective:
         self.metric = exp.scales[scale].metric
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from cvt_nas.results import make_record
+        from cvt_nas.results import make_record, reused_record
         from cvt_nas.training.trainer import adapt_config, run_trial
 
         row = str(trial.suggest_categorical("row", self.grid["row"]))
@@ -150,10 +150,9 @@ class _Objective:
         trial.set_user_attr("run_key", key)
         prior = _reusable(study._storage, key)
         if prior is not None:
-            record = dict(prior.user_attrs["record"])
-            source = f"{record.get('study')}#{record.get('trial')}"
-            record.update(study=study.study_name, trial=trial.number, **extra,
-                          reused_from=source)
+            record = reused_record(prior.user_attrs["record"], study=study.study_name,
+                                   trial=trial.number, **extra)
+            source = record["reused_from"]
             trial.set_user_attr("reused_from", source)
             trial.set_user_attr("record", record)
             trial.set_user_attr("history", prior.user_attrs.get("history", []))
@@ -171,6 +170,10 @@ class _Objective:
                              model_cfg=cfg, train_cfg=train_cfg, result=result, extra=extra)
         trial.set_user_attr("record", record)
         trial.set_user_attr("history", result.history)
+        twin = next((t.number for t in study.get_trials(deepcopy=False, states=(
+            optuna.trial.TrialState.COMPLETE,)) if _pair(t) == (row, seed)), None)
+        if twin is not None:  # another worker finished this pair meanwhile: its result stands
+            trial.set_user_attr("duplicate_of", twin)
         self.log(f"{tag}: {result.status} val_top1 {result.val_top1} test_top1 "
                  f"{result.test_top1} in {result.wall_time_s:.0f}s "
                  f"({result.images_per_s or 0:.0f} img/s)" +

@@ -21,44 +21,38 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cvt_nas.ablation.experiment import Experiment, cost_rows
+from cvt_nas.common import fmt
+from cvt_nas.common.atomic import atomic_path, atomic_write_text
+from cvt_nas.results.importers import StudyTables
+from cvt_nas.results.tables import to_markdown
 
-__all__ = ["build_table", "records_from_study", "table_markdown", "write_table"]
+__all__ = ["build_table", "table_markdown", "table_records", "write_table"]
 
 
-def records_from_study(study: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(records, epochs) of the COMPLETE trials of an ablation study, one per (row, seed)."""
-    import optuna
+def table_records(tables: StudyTables, seeds: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The records a table is made of, and their epochs: the complete trials of seeds
+    ``0 .. seeds-1``, one per (row, seed), sorted by row and seed.
 
-    from cvt_nas.results import history_rows
-
-    recs, epochs, seen = [], [], set()
-    for t in sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
-                    key=lambda t: t.number):
-        rec = t.user_attrs.get("record")
-        if not rec:
-            continue
-        pair = (str(rec.get("row")), int(rec.get("seed")))
-        if pair in seen:
-            continue
-        seen.add(pair)
-        recs.append(rec)
-        epochs.extend(history_rows(study.study_name, t.number, t.user_attrs.get("history", [])))
-    records = pd.DataFrame(recs)
-    if not records.empty:
-        records = records.sort_values(["row", "seed"]).reset_index(drop=True)
-    return records, pd.DataFrame(epochs)
+    ``tables`` is `cvt_nas.results.read_study` of the experiment's study (its rules leave out
+    failed attempts' stand-ins and trials that lost a race for a pair); a study made before
+    races were flagged may still hold two complete trials of a pair: the first one counts.
+    """
+    trials = tables.trials
+    done = trials[trials["status"].eq("complete").fillna(False).astype(bool)
+                  & trials["seed"].lt(seeds).fillna(False).astype(bool)]
+    records = (done.drop_duplicates(["row", "seed"])
+               .sort_values(["row", "seed"], kind="stable").reset_index(drop=True))
+    epochs = tables.epochs[tables.epochs["trial"].isin(records["trial"])].reset_index(drop=True)
+    return records, epochs
 
 
 def _sign(x: Any) -> int:
     x = float(x)
     return int(x > 0) - int(x < 0)
-
-
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def build_table(exp: Experiment, scale: str, records: pd.DataFrame | None = None,
@@ -111,29 +105,26 @@ def build_table(exp: Experiment, scale: str, records: pd.DataFrame | None = None
         ses.append(se)
         # A tie (equal means, e.g. the same val images right on each seed) has no sign.
         tie = abs(d) < 1e-9
-        same.append(None if _missing(pd_) or _sign(pd_) == 0 or tie else _sign(d) == _sign(pd_))
+        same.append(None if fmt.is_missing(pd_) or _sign(pd_) == 0 or tie else _sign(d) == _sign(pd_))
         noise.append(None if se is None else abs(d) <= 2 * se)
     table["delta"], table["delta_se"] = deltas, ses
     table["same_sign"], table["within_noise"] = same, noise
     return table
 
 
-def _fmt(col: str, v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if isinstance(v, bool):
+def _cell(col: str, v: Any) -> str:
+    """One cell of table.md: counts in M/G, relative errors in %, signed differences."""
+    if isinstance(v, bool | np.bool_):
         return "yes" if v else "no"
     if col in ("params", "run_params"):
-        return f"{int(v) / 1e6:.2f} M"
+        return fmt.params(v)
     if col in ("macs", "run_macs"):
-        return f"{int(v) / 1e9:.3f} G" if int(v) >= 1e8 else f"{int(v) / 1e6:.1f} M"
+        return fmt.macs(v)
     if col.endswith("_err"):
-        return f"{100 * float(v):+.2f}%"
-    if col in ("delta", "paper_delta", "delta_se"):
-        return f"{float(v):+.2f}" if col != "delta_se" else f"{float(v):.2f}"
-    if isinstance(v, float):
-        return f"{v:.2f}"
-    return str(v)
+        return fmt.percent(v)
+    if col in ("delta", "paper_delta"):
+        return fmt.signed(v)
+    return fmt.cell(v)
 
 
 def table_markdown(exp: Experiment, scale: str, table: pd.DataFrame) -> str:
@@ -153,19 +144,21 @@ def table_markdown(exp: Experiment, scale: str, table: pd.DataFrame) -> str:
                   f"(mean and sample std over seeds). {sc.notes}", ""]
     lines += ["`params`/`macs`: our exact counts of the paper-scale architecture; "
               "`run_*` columns and top-1 are at the chosen scale.", ""]
-    lines.append("| " + " | ".join(cols) + " |")
-    lines.append("|" + "|".join("---" for _ in cols) + "|")
-    for rec in table.to_dict("records"):
-        lines.append("| " + " | ".join(_fmt(c, rec.get(c)) for c in cols) + " |")
+    lines.append(to_markdown(table, cols, cell=_cell, align=False))
     notes = [f"- {r.row}: {r.note}" for r in exp.rows if r.note]
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
 
 
-def write_table(exp: Experiment, scale: str, table: pd.DataFrame, out_dir: str | Path) -> None:
-    """Write ``table.csv`` and ``table.md`` into ``out_dir``."""
+def write_table(exp: Experiment, scale: str, table: pd.DataFrame, out_dir: str | Path,
+                records: pd.DataFrame | None = None, epochs: pd.DataFrame | None = None) -> None:
+    """Write ``table.csv`` and ``table.md`` into ``out_dir``, and with them the records and
+    epochs they were made of (``records.csv``, ``epochs.csv``), each file atomically."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "table.csv", index=False)
-    (out / "table.md").write_text(table_markdown(exp, scale, table))
+    frames = {"table.csv": table, "records.csv": records, "epochs.csv": epochs}
+    for name, frame in frames.items():
+        if frame is not None:
+            with atomic_path(out / name) as tmp:
+                frame.to_csv(tmp, index=False)
+    atomic_write_text(out / "table.md", table_markdown(exp, scale, table))

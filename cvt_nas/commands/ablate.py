@@ -8,6 +8,8 @@ from pathlib import Path
 from cvt_nas.ablation.experiment import SCALES, load_experiment
 from cvt_nas.ablation.table import build_table, table_markdown, write_table
 from cvt_nas.commands._common import parse_set
+from cvt_nas.common.atomic import atomic_write_text
+from cvt_nas.results.io import check_out_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     exp = load_experiment(args.experiment)
-    out = Path(args.out or Path("results/ablations") / exp.name)
+    out = check_out_dir(args.out or Path("results/ablations") / exp.name)
     if args.costs_only:
         table = build_table(exp, args.scale)
         if args.out:
@@ -48,20 +50,23 @@ def run(args: argparse.Namespace) -> int:
     if seeds < 1 or args.n_workers < 1:
         raise ValueError("--seeds and --n-workers must be >= 1")
     from cvt_nas.ablation.runner import default_storage, run_experiment
-    from cvt_nas.ablation.table import records_from_study
-    from cvt_nas.results import atomic_write_text
+    from cvt_nas.ablation.table import table_records
+    from cvt_nas.common.storage import redact
+    from cvt_nas.results import DEFAULT_OBJECTIVES, read_study, write_outputs
 
-    out.mkdir(parents=True, exist_ok=True)
     storage = args.storage or default_storage(out)
     study = run_experiment(exp, args.scale, seeds, storage, n_workers=args.n_workers,
                            threads=args.threads, train_overrides=parse_set(args.set))
-    records, epochs = records_from_study(study)
-    if not records.empty:
-        records = records[records["seed"] < seeds]
-    records.to_csv(out / "records.csv", index=False)
-    epochs.to_csv(out / "epochs.csv", index=False)
+    tables = read_study(study)
+    records, epochs = table_records(tables, seeds)
     table = build_table(exp, args.scale, records)
-    write_table(exp, args.scale, table, out)
+    write_table(exp, args.scale, table, out, records, epochs)
+    # the study as a standard results directory too, for `cvt-nas report` and `compare`
+    write_outputs(out, tables.trials, tables.epochs, DEFAULT_OBJECTIVES, {
+        "command": args.command_line, "experiment": str(args.experiment), "scale": args.scale,
+        "settings": {"backend": "ablate", "seeds": seeds, "storage": redact(storage),
+                     "n_workers": args.n_workers, "threads": args.threads,
+                     "overrides": parse_set(args.set)}})
     atomic_write_text(out / "command.txt", args.command_line + "\n")
     print(table_markdown(exp, args.scale, table), end="")
     return 0

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pandas as pd
 
-from cvt_nas.commands.report import parse_objectives
 from cvt_nas.results import (
     atomic_path,
     atomic_write_text,
@@ -18,11 +16,12 @@ from cvt_nas.results import (
     load_meta,
     pareto_front,
     pareto_table,
+    parse_objectives,
     plot_compare,
     study_objectives,
     to_markdown,
 )
-from cvt_nas.results.io import study_labels
+from cvt_nas.results.io import check_out_dir, study_labels
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,9 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _objectives(args: argparse.Namespace) -> dict[str, str]:
-    given = parse_objectives(args.objective)
-    if given:
-        return given
+    if args.objective is not None:
+        return parse_objectives(args.objective, "--objective")
     found = {str(d): study_objectives(d) for d in args.dirs}
     distinct = {tuple(o.items()) for o in found.values()}
     if len(distinct) > 1:
@@ -71,6 +69,7 @@ def _reference(items: list[str] | None, objectives: dict[str, str], frame: pd.Da
 
 
 def run(args: argparse.Namespace) -> int:
+    out = check_out_dir(args.out)
     objectives = _objectives(args)
     frames = [load(d) for d in args.dirs]
     if args.names:
@@ -84,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
     by_name = dict(zip(names, frames, strict=True))
     ref = _reference(args.ref, objectives, pd.concat(frames, ignore_index=True))
 
-    out = Path(args.out)
     box = ideal_box(pd.concat(frames, ignore_index=True), objectives, ref)
     histories = plot_compare(by_name, objectives, ref, out / "compare.png", scale=box)
     rows, fronts = [], []

@@ -83,13 +83,15 @@ def run(args: argparse.Namespace) -> int:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
-    from cvt_nas.space import analyze, load_space, parse_objectives
+    from cvt_nas.results.io import check_out_dir
+    from cvt_nas.results.objectives import parse_objectives
+    from cvt_nas.space import analyze, load_space
 
     space = load_space(args.space, overrides=parse_set(args.set))
     defaults = space.search
     study = args.study or space.name
-    out = Path(args.out or Path("results") / study)
-    objectives = (parse_objectives(args.objectives) if args.objectives
+    out = check_out_dir(args.out or Path("results") / study)
+    objectives = (parse_objectives(args.objectives) if args.objectives is not None
                   else defaults.get("objectives") or {"val_top1": "max", "macs": "min"})
     trials = args.trials or defaults.get("trials", 10)
     sampler = args.sampler or defaults.get("sampler", "nsga2")

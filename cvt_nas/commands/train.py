@@ -1,4 +1,4 @@
-"""`cvt-nas train`: train one CvT with a recipe and write its result as a JSON record.
+"""`cvt-nas train`: train one CvT with a recipe and write its record and history as JSON.
 
 The model is a preset (``--model cvt_micro``) or a YAML file (``--config run.yaml``) holding either
 CvTConfig fields, or ``model:`` (a preset name, ``{preset: NAME, ...overrides}`` or CvTConfig
@@ -13,14 +13,16 @@ import json
 import os
 import platform
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cvt_nas.commands._common import parse_set
+from cvt_nas.common import fmt
 from cvt_nas.common.yamlfile import read_yaml
 from cvt_nas.model.config import CvTConfig
 from cvt_nas.model.presets import get_config
+from cvt_nas.results.io import check_out_dir, write_run
+from cvt_nas.results.records import make_record
 from cvt_nas.training.config import RECIPES, TrainConfig, field_names, get_recipe
 
 
@@ -144,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     model_cfg, train_cfg, name = build_configs(args)
     # Missing data is a usage error (exit 2, with the paths tried and the fix), not a failed trial.
     load_dataset(train_cfg.dataset, train_cfg.data_root, train_cfg.download)
-    out = Path(args.out or Path("runs") / "train" / name)
+    out = check_out_dir(args.out or Path("runs") / "train" / name)
     adapted = adapt_config(model_cfg, train_cfg)
     threads = train_cfg.threads or torch.get_num_threads()
     print(f"{name}: {adapted.arch_id()} on {train_cfg.dataset}, {train_cfg.epochs} epochs, "
@@ -154,26 +156,17 @@ def run(args: argparse.Namespace) -> int:
     result = run_trial(model_cfg, train_cfg, report=_print_epoch(train_cfg.epochs),
                        checkpoint_dir=out / f"{name}.ckpt" if args.checkpoint else None,
                        progress=not args.no_progress and sys.stderr.isatty())
-    record = {
-        "name": name,
-        "command": getattr(args, "command_line", None),
-        "recipe": args.recipe or "reduced",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "arch_id": adapted.arch_id(),
-        "model_cfg": adapted.to_dict(),
-        "train_cfg": train_cfg.to_dict(),
-        "result": result.to_dict(),
-        "env": {"torch": torch.__version__, "python": platform.python_version(),
-                "machine": platform.machine(), "cpu_count": os.cpu_count(),
-                "threads": result.threads, "device": result.device,
-                "loadavg_1min_start_end": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-                "git_commit": _git_commit()},
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    record = make_record(
+        study=name, trial=0, backend="train", model_cfg=adapted, train_cfg=train_cfg,
+        result=result, reason=result.error,
+        extra={"command": getattr(args, "command_line", None), "recipe": args.recipe or "reduced",
+               "git_commit": _git_commit(), "python_version": platform.python_version(),
+               "torch_version": torch.__version__, "machine": platform.machine(),
+               "cpu_count": os.cpu_count(), "loadavg_1min_start": round(load_before[0], 2),
+               "loadavg_1min_end": round(os.getloadavg()[0], 2)})
+    path = write_run(out / f"{name}.json", record, result.history)
     if args.json:
-        print(json.dumps(record))
+        print(json.dumps({"record": record, "history": result.history}))
     print(_summary(name, train_cfg, result, path))
     if result.error:
         print(f"cvt-nas train: {result.status}: {result.error}", file=sys.stderr)
@@ -198,7 +191,7 @@ def _summary(name: str, cfg: TrainConfig, r: Any, path: Path) -> str:
         parts.append(f"val top-1 {r.val_top1:.2f}%")
     if r.test_top1 is not None:
         parts.append(f"test top-1 {r.test_top1:.2f}% (top-5 {r.test_top5:.2f}%)")
-    parts.append(f"{r.params / 1e6:.2f}M params, {r.macs / 1e6:.1f}M MACs")
+    parts.append(f"{fmt.params(r.params)} params, {fmt.macs(r.macs)} MACs")
     if r.images_per_s:
         parts.append(f"{r.images_per_s:.0f} img/s")
     parts.append(f"{r.wall_time_s:.0f} s -> {path}")

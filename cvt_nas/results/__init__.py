@@ -14,7 +14,13 @@ Nothing here imports torch itself (``import cvt_nas`` does, for the model).
 from __future__ import annotations
 
 from cvt_nas.common.atomic import atomic_path, atomic_write_text
-from cvt_nas.results.importers import StudyTables, from_optuna, from_ray
+from cvt_nas.results.importers import (
+    StudyTables,
+    from_optuna,
+    from_ray,
+    read_study,
+    study_records,
+)
 from cvt_nas.results.io import (
     DEFAULT_OBJECTIVES,
     load,
@@ -25,6 +31,7 @@ from cvt_nas.results.io import (
     study_objectives,
     write_outputs,
 )
+from cvt_nas.results.objectives import OBJECTIVE_NAMES, check_objectives, parse_objectives
 from cvt_nas.results.pareto import (
     default_reference,
     hypervolume,
@@ -45,12 +52,14 @@ from cvt_nas.results.records import (
     history_rows,
     make_record,
     records_frame,
+    reused_record,
 )
 from cvt_nas.results.tables import arch_string, pareto_table, to_latex, to_markdown
 
 __all__ = [
     "DEFAULT_OBJECTIVES",
     "EPOCH_COLUMNS",
+    "OBJECTIVE_NAMES",
     "STATUSES",
     "TRAIN_PREFIX",
     "StudyTables",
@@ -58,6 +67,7 @@ __all__ = [
     "arch_string",
     "atomic_path",
     "atomic_write_text",
+    "check_objectives",
     "default_reference",
     "epochs_frame",
     "from_optuna",
@@ -77,10 +87,14 @@ __all__ = [
     "pareto_front",
     "pareto_rank",
     "pareto_table",
+    "parse_objectives",
     "plot_compare",
     "plot_pareto",
+    "read_study",
     "records_frame",
+    "reused_record",
     "study_objectives",
+    "study_records",
     "to_latex",
     "to_markdown",
     "write_outputs",

@@ -17,33 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-Objectives = Mapping[str, str]
-
-_DIRECTIONS = {"max": -1.0, "maximize": -1.0, "min": 1.0, "minimize": 1.0}
-
-
-def check_objectives(df: pd.DataFrame, objectives: Objectives) -> dict[str, str]:
-    """Validate objectives against a frame; returns them normalized to ``"max"``/``"min"``.
-
-    Raises:
-        ValueError: no objectives, an unknown direction, or a column the frame lacks.
-    """
-    if not objectives:
-        raise ValueError("no objectives given; use e.g. {'val_top1': 'max', 'macs': 'min'}")
-    out = {}
-    for name, direction in objectives.items():
-        key = str(direction).lower()
-        if key not in _DIRECTIONS:
-            raise ValueError(
-                f"objective {name!r}: direction {direction!r} must be 'max' or 'min'"
-            )
-        if name not in df.columns:
-            raise ValueError(
-                f"objective {name!r} is not a column of the trials table; "
-                f"numeric columns are {sorted(df.select_dtypes('number').columns)}"
-            )
-        out[name] = "max" if _DIRECTIONS[key] < 0 else "min"
-    return out
+from cvt_nas.results.objectives import DIRECTIONS, Objectives, check_objectives
 
 
 def eligible(df: pd.DataFrame, objectives: Objectives) -> pd.Series:
@@ -61,7 +35,7 @@ def eligible(df: pd.DataFrame, objectives: Objectives) -> pd.Series:
 def _minimization_matrix(df: pd.DataFrame, objectives: Mapping[str, str]) -> np.ndarray:
     cols = [
         pd.to_numeric(df[name], errors="coerce").astype("float64").to_numpy(na_value=np.nan)
-        * _DIRECTIONS[direction]
+        * DIRECTIONS[direction]
         for name, direction in objectives.items()
     ]
     return np.column_stack(cols) if cols else np.empty((len(df), 0))
@@ -148,7 +122,7 @@ def _as_reference(ref: Mapping[str, float] | Sequence[float], objectives: Mappin
                 f"{list(objectives)}"
             )
     return np.array(
-        [float(v) * _DIRECTIONS[d] for v, d in zip(values, objectives.values(), strict=True)]
+        [float(v) * DIRECTIONS[d] for v, d in zip(values, objectives.values(), strict=True)]
     )
 
 

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from cvt_nas.common.atomic import atomic_path
+from cvt_nas.results.objectives import check_objectives
 from cvt_nas.results.pareto import (
-    check_objectives,
     eligible,
     hypervolume_history,
     pareto_rank,
@@ -25,6 +24,16 @@ from cvt_nas.results.pareto import (
 _LABELS = {"val_top1": "val top-1 (%)", "val_top5": "val top-5 (%)", "test_top1": "test top-1 (%)",
            "macs": "MACs (M)", "params": "params (M)", "wall_time_s": "train time (s)"}
 _SCALES = {"macs": 1e-6, "params": 1e-6}  # plotted in millions
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    # matplotlib is imported only to draw (about 1 s), not by everything that imports results
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
 
 
 def _label(col: str) -> str:
@@ -55,6 +64,8 @@ def _use_log(values: np.ndarray) -> bool:
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
@@ -79,7 +90,7 @@ def plot_pareto(df: pd.DataFrame, objectives: Mapping[str, str], path: str | Pat
     """
     objectives = check_objectives(df, objectives)
     y, xs = plot_axes(objectives, list(df.columns))
-    fig = Figure(figsize=(5.2 * max(1, len(xs)), 4.4), layout="constrained")
+    fig = _new_figure(5.2 * max(1, len(xs)), 4.4)
     axes = fig.subplots(1, max(1, len(xs)), squeeze=False)[0]
     ok = eligible(df, objectives)
     rank = pareto_rank(df, objectives)
@@ -131,7 +142,7 @@ def plot_compare(frames: Mapping[str, pd.DataFrame], objectives: Mapping[str, st
         Study label -> its `hypervolume_history` table (raw values; the curves drawn divide
         them by ``scale``).
     """
-    fig = Figure(figsize=(15.5, 4.6), layout="constrained")
+    fig = _new_figure(15.5, 4.6)
     ax_front, ax_trials, ax_time = fig.subplots(1, 3)
     histories: dict[str, pd.DataFrame] = {}
     y, xs = plot_axes(objectives, sorted({c for f in frames.values() for c in f.columns}))

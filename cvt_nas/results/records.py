@@ -37,8 +37,9 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from cvt_nas.common import fmt
 from cvt_nas.model.config import BLOCK_FIELDS, STAGE_FIELDS, CvTConfig
-from cvt_nas.model.cost import analytic_cost
+from cvt_nas.model.cost import Cost, analytic_cost
 
 STATUSES: tuple[str, ...] = ("complete", "pruned", "infeasible", "diverged", "oom", "failed")
 
@@ -88,14 +89,8 @@ def arch_columns(num_stages: int) -> list[str]:
 def format_blocks(value: Any) -> str:
     """A per-block list as a compact string: ``[1, 2, 2, 1]`` -> ``"1,2,2,1"``."""
     if isinstance(value, list | tuple):
-        return ",".join(_format_number(v) for v in value)
-    return _format_number(value)
-
-
-def _format_number(v: Any) -> str:
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
+        return ",".join(fmt.number(v) for v in value)
+    return fmt.number(value)
 
 
 def arch_json(cfg: CvTConfig) -> str:
@@ -147,29 +142,36 @@ def make_record(
     study: str,
     trial: int,
     backend: str,
-    model_cfg: CvTConfig,
-    train_cfg: _HasToDict | Mapping[str, Any],
+    model_cfg: CvTConfig | None,
+    train_cfg: _HasToDict | Mapping[str, Any] | None,
     result: Any | None,
     status: str | None = None,
     reason: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    cost: Cost | None = None,
+    finished_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """One flat, JSON-serializable row describing a trial.
+    """One flat, JSON-serializable row describing a trial: the only place a record is built.
 
     Args:
         study: study name (also the results directory name).
         trial: trial number within the study.
-        backend: ``"optuna"``, ``"ray"``, ``"ablate"``, ...
+        backend: ``"optuna"``, ``"ray"``, ``"ablate"``, ``"train"``, ...
         model_cfg: the architecture; pass the config the trial trains (after
-            ``cvt_nas.training.trainer.adapt_config``) so ``in_chans``/``num_classes`` match the data.
-        train_cfg: a ``TrainConfig`` (or its ``to_dict()``).
+            ``cvt_nas.training.trainer.adapt_config``) so ``in_chans``/``num_classes`` match the
+            data. None for a sample that gives no valid architecture: the row then keeps the
+            identity, the training fields and the reason, with no architecture columns.
+        train_cfg: a ``TrainConfig`` (or its ``to_dict()``); None when there is none either.
         result: the ``TrialResult`` (or its ``to_dict()``); ``None`` for a trial that never ran,
-            such as one rejected by the budget gate: params and MACs then come from
-            ``analytic_cost(model_cfg, train img_size)`` and the status defaults to
+            such as one rejected by the budget gate: params and MACs then come from ``cost``
+            or ``analytic_cost(model_cfg, train img_size)`` and the status defaults to
             ``"infeasible"``.
         status: overrides the result's status.
         reason: why the trial ended as it did (e.g. ``"macs 3.1e8 > budget 2e8"``).
         extra: additional columns (e.g. sampler name, ablation row); must not reuse schema names.
+        cost: the trial's analytic cost when the caller has it already (the budget gate):
+            params and MACs the result lacks come from it instead of being computed again.
+        finished_at: when the trial ended; default now (a record is made as its trial ends).
 
     Returns:
         A dict of plain Python values (no NaN: missing values are ``None``).
@@ -182,34 +184,61 @@ def make_record(
     status = status or res.get("status") or ("infeasible" if result is None else None)
     if status not in STATUSES:
         raise ValueError(f"trial {trial}: unknown status {status!r}; choose one of {STATUSES}")
-    img_size = int(train.get("img_size") or model_cfg.img_size)
+    img_size = train.get("img_size") or (model_cfg.img_size if model_cfg is not None else None)
     record: dict[str, Any] = {
         "study": study, "trial": int(trial), "backend": backend, "status": status,
-        "reason": reason, "arch_id": model_cfg.arch_id(),
+        "reason": reason, "arch_id": model_cfg.arch_id() if model_cfg is not None else None,
     }
     record.update({k: _clean(res.get(k)) for k in _RESULT_FIELDS if k != "error"})
-    if record["params"] is None or record["macs"] is None:
-        try:
-            cost = analytic_cost(model_cfg, img_size)
-        except ValueError as exc:  # no tokens left at this size: record why, keep the row
-            record["reason"] = "; ".join(x for x in (reason, f"cost: {exc}") if x)
-        else:
+    if (record["params"] is None or record["macs"] is None) and model_cfg is not None:
+        if cost is None:
+            try:
+                cost = analytic_cost(model_cfg, int(train.get("img_size") or model_cfg.img_size))
+            except ValueError as exc:  # no tokens left at this size: record why, keep the row
+                record["reason"] = "; ".join(x for x in (reason, f"cost: {exc}") if x)
+        if cost is not None:
             record["params"] = cost.params if record["params"] is None else record["params"]
             record["macs"] = cost.macs if record["macs"] is None else record["macs"]
     if record["seed"] is None:
         record["seed"] = train.get("seed")
     if record["epochs"] is None and result is None:
         record["epochs"] = 0
-    record["finished_at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
-    record.update(flatten_arch(model_cfg))
+    record["finished_at"] = _now(finished_at)
+    if model_cfg is not None:
+        record.update(flatten_arch(model_cfg))
+    else:
+        record["img_size"] = None if img_size is None else int(img_size)
     record.update(flatten_train(train))
-    record["arch"] = arch_json(model_cfg)
+    record["arch"] = arch_json(model_cfg) if model_cfg is not None else None
     record["error"] = res.get("error")
     for key, value in (extra or {}).items():
         if key in record:
             raise ValueError(f"extra column {key!r} clashes with a record column; rename it")
         record[key] = value
     return record
+
+
+def reused_record(source: Mapping[str, Any], *, study: str, trial: int, **extra: Any
+                  ) -> dict[str, Any]:
+    """The record of a trial that takes an earlier trial's result instead of training again.
+
+    One rule for searches (a sample drawn again) and ablations (a run another table trained):
+    the ``source`` record is copied under ``study`` and ``trial``, with ``wall_time_s`` 0
+    (nothing was trained), ``finished_at`` now, ``reused_from`` naming the source
+    (``<study>#<trial>``) and a ``reason`` saying so. ``extra`` sets further columns (the
+    worker, the ablation row, a reason in the search's words, ...), over copied ones.
+    """
+    origin = f"{source.get('study')}#{source.get('trial')}"
+    record = {**source, "study": study, "trial": int(trial), "wall_time_s": 0.0,
+              "reason": f"same run as {origin}: its result, not retrained",
+              "finished_at": _now(), "reused_from": origin}
+    record.update(extra)
+    return record
+
+
+def _now(when: datetime | None = None) -> str:
+    when = datetime.now(UTC) if when is None else when.astimezone(UTC)
+    return when.isoformat(timespec="milliseconds")
 
 
 def history_rows(study: str, trial: int, history: Iterable[Mapping[str, Any]] | None
@@ -248,7 +277,7 @@ def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """
     records = [dict(r) for r in records]
     columns = _order(c for r in records for c in r)
-    data = {c: _typed([r.get(c) for r in records], _schema_kind(c)) for c in columns}
+    data = {c: _typed([r.get(c) for r in records], column_kind(c)) for c in columns}
     return pd.DataFrame(data, columns=columns, index=pd.RangeIndex(len(records)))
 
 
@@ -260,7 +289,9 @@ _KIND_BY_STAGE_FIELD = {
 }
 
 
-def _schema_kind(col: str) -> str | None:
+def column_kind(col: str) -> str | None:
+    """The schema's type of a column (``int``, ``float``, ``bool``, ``str``), None when the
+    schema leaves it to the values (``train.*`` and extra columns)."""
     if col in _INT_COLUMNS:
         return "int"
     if col in _FLOAT_COLUMNS or col == "drop_rate":
@@ -290,7 +321,7 @@ def _infer_kind(present: list[Any]) -> str:
 
 
 def _typed(values: list[Any], kind: str | None) -> pd.Series:
-    missing = [_missing(v) for v in values]
+    missing = [fmt.is_missing(v) for v in values]
     present = [v for v, m in zip(values, missing, strict=True) if not m]
     if any(isinstance(v, str) for v in present) and kind in ("int", "float", None):
         kind = "str"  # per-block strings ("1,2,2,1") next to numbers
@@ -327,12 +358,6 @@ def epochs_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     data = {c: _typed([r.get(c) for r in rows], kinds.get(c, "float" if c in EPOCH_COLUMNS
                                                           else None)) for c in columns}
     return pd.DataFrame(data, columns=columns, index=pd.RangeIndex(len(rows)))
-
-
-def _missing(v: Any) -> bool:
-    if v is None or v is pd.NA:
-        return True
-    return isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral) and math.isnan(v)
 
 
 def block_columns(df: pd.DataFrame) -> list[str]:

@@ -7,13 +7,12 @@ The Markdown and LaTeX writers are small and dependency-free (pandas' own need `
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from cvt_nas.common import fmt
 from cvt_nas.model.config import STAGE_FIELDS, CvTConfig
 from cvt_nas.results.records import stage_column
 
@@ -34,7 +33,7 @@ def _stage_values(row: Mapping[str, Any], name: str) -> list[Any]:
     if isinstance(arch, str) and arch:
         return list(json.loads(arch)[name])
     out, s = [], 1
-    while stage_column(name, s) in row and not _is_missing(row[stage_column(name, s)]):
+    while stage_column(name, s) in row and not fmt.is_missing(row[stage_column(name, s)]):
         out.append(row[stage_column(name, s)])
         s += 1
     return out
@@ -45,9 +44,7 @@ def _fmt(v: Any) -> str:
         return "(" + ",".join(_fmt(x) for x in v) + ")"
     if isinstance(v, str) and "," in v:
         return f"({v})"
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
+    return fmt.number(v)
 
 
 def _per_stage(values: Sequence[Any], collapse: bool = False) -> str:
@@ -103,13 +100,7 @@ def arch_string(arch: CvTConfig | Mapping[str, Any] | pd.Series) -> str:
 def _truthy(v: Any) -> bool:
     if isinstance(v, str):
         return v.strip().lower() in ("true", "1", "yes")
-    return bool(v) and not _is_missing(v)
-
-
-def _is_missing(v: Any) -> bool:
-    if v is None or v is pd.NA:
-        return True
-    return isinstance(v, float) and math.isnan(v)
+    return bool(v) and not fmt.is_missing(v)
 
 
 def pareto_table(front: pd.DataFrame, objectives: Mapping[str, str], *, full: bool = False
@@ -142,22 +133,13 @@ def pareto_table(front: pd.DataFrame, objectives: Mapping[str, str], *, full: bo
     return out.reset_index(drop=True)
 
 
-def _cell(v: Any, floatfmt: str) -> str:
-    if _is_missing(v):
-        return ""
-    if isinstance(v, bool | np.bool_):
-        return str(bool(v)).lower()
-    if isinstance(v, float | np.floating):
-        return format(float(v), floatfmt)
-    return str(v)
-
-
 def _numeric(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
 
 
 def to_markdown(df: pd.DataFrame, columns: Sequence[str] | None = None, *,
-                floatfmt: str = ".2f", title: str | None = None) -> str:
+                floatfmt: str = ".2f", title: str | None = None,
+                cell: Callable[[str, Any], str] | None = None, align: bool = True) -> str:
     """A GitHub-flavoured Markdown table (numbers right-aligned, missing values empty).
 
     Args:
@@ -165,15 +147,24 @@ def to_markdown(df: pd.DataFrame, columns: Sequence[str] | None = None, *,
         columns: which columns, in order (default all).
         floatfmt: format spec for floats.
         title: an optional heading line above the table.
+        cell: writes a present value from its column name and the value (default:
+            `cvt_nas.common.fmt.cell` with ``floatfmt``); missing values are always empty.
+        align: right-align numeric columns (``---:``); False writes plain ``|---|`` rules.
     """
     df = df if columns is None else df[list(columns)]
-    header = [str(c).replace("|", "\\|") for c in df.columns]
-    align = ["---:" if _numeric(df[c]) else ":---" for c in df.columns]
+    names = [str(c) for c in df.columns]
+    write = cell or (lambda _col, v: fmt.cell(v, floatfmt))
     lines = [] if title is None else [f"## {title}", ""]
-    lines += ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines.append("| " + " | ".join(n.replace("|", "\\|") for n in names) + " |")
+    if align:
+        rules = ["---:" if _numeric(df[c]) else ":---" for c in df.columns]
+        lines.append("| " + " | ".join(rules) + " |")
+    else:
+        lines.append("|" + "|".join("---" for _ in names) + "|")
     for row in df.itertuples(index=False):
-        cells = [_cell(v, floatfmt).replace("|", "\\|").replace("\n", " ") for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = ["" if fmt.is_missing(v) else write(n, v) for n, v in zip(names, row, strict=True)]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells)
+                     + " |")
     if df.empty:
         lines.append("")
         lines.append("(no complete trials)" if title else "(empty)")
@@ -206,7 +197,7 @@ def to_latex(df: pd.DataFrame, columns: Sequence[str] | None = None, *, floatfmt
     body = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
             " & ".join(latex_escape(str(c)) for c in df.columns) + r" \\", r"\midrule"]
     for row in df.itertuples(index=False):
-        body.append(" & ".join(latex_escape(_cell(v, floatfmt)) for v in row) + r" \\")
+        body.append(" & ".join(latex_escape(fmt.cell(v, floatfmt)) for v in row) + r" \\")
     body += [r"\bottomrule", r"\end{tabular}"]
     if caption is None and label is None:
         return "\n".join(body)

@@ -208,18 +208,10 @@ def fail_dead_trials(study: optuna.Study, only_local: bool = True) -> list[int]:
 
 
 def collect(study: optuna.Study) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The records and per-epoch rows of every finished trial that holds a record."""
-    from cvt_nas.results import history_rows
+    """The records and per-epoch rows of the study's finished trials (`results.study_records`)."""
+    from cvt_nas.results import study_records
 
-    records, epochs = [], []
-    for t in study.get_trials(deepcopy=False, states=FINISHED):
-        record = t.user_attrs.get("record")
-        if not isinstance(record, dict) or t.user_attrs.get("surplus"):
-            continue
-        records.append(record)
-        epochs += history_rows(record["study"], record["trial"], t.user_attrs.get("history"))
-    records.sort(key=lambda r: r["trial"])
-    return records, epochs
+    return study_records(study)
 
 
 def write_results(study: optuna.Study, out_dir: str | Path, objectives: dict[str, str],

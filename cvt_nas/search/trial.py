@@ -19,7 +19,6 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from cvt_nas.model.config import CvTConfig
@@ -278,23 +277,21 @@ def evaluate(
 
 def _reused(previous: tuple[dict[str, Any], list[dict[str, Any]]], trial: int,
             extra: dict[str, Any], settings: TrialSettings, g: Gate) -> Outcome:
+    from cvt_nas.results import reused_record
+
     source, history = previous
-    record = {**source, "trial": int(trial), "worker": extra["worker"], "wall_time_s": 0.0,
-              "reason": f"same parameters as trial {source['trial']}: its result, not retrained",
-              "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
+    record = reused_record(
+        source, study=settings.study, trial=trial, worker=extra["worker"],
+        reason=f"same parameters as trial {source['trial']}: its result, not retrained")
     return Outcome("complete", record, list(history),
                    objective_values(record, settings.objectives), g, reused=True)
 
 
 def _infeasible_record(space: SearchSpace, sample: Sample, g: Gate, trial: int,
                        settings: TrialSettings, extra: dict[str, Any]) -> dict[str, Any]:
+    """The record of a sample the gate refused; an invalid one has no config to describe."""
     from cvt_nas.results import make_record
 
-    if g.model is not None and g.train is not None:
-        return make_record(study=settings.study, trial=trial, backend=settings.backend,
-                           model_cfg=g.model, train_cfg=g.train, result=None,
-                           status="infeasible", reason=g.reason, extra=extra)
-    # An invalid architecture has no config to describe: keep the identity and the reason.
-    return {"study": settings.study, "trial": int(trial), "backend": settings.backend,
-            "status": "infeasible", "reason": g.reason, "arch_id": None, "epochs": 0,
-            "img_size": space.img_size, **extra}
+    return make_record(study=settings.study, trial=trial, backend=settings.backend,
+                       model_cfg=g.model, train_cfg=g.train, result=None, status="infeasible",
+                       reason=g.reason, extra=extra)

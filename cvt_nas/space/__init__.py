@@ -42,17 +42,16 @@ Modules: `types` (distributions, field specs, budgets, samples), `sampling` (`Se
 
 from __future__ import annotations
 
+from cvt_nas.results.objectives import OBJECTIVE_NAMES, parse_objectives
 from cvt_nas.space.analysis import SpaceReport, analyze, dist_of, greedy, require_satisfiable
 from cvt_nas.space.parse import (
     DATASET_SHAPES,
-    OBJECTIVE_NAMES,
     PRUNERS,
     SAMPLERS,
     apply_overrides,
     load_space,
     order_fields,
     parse_number,
-    parse_objectives,
     parse_space,
 )
 from cvt_nas.space.sampling import FixedSuggest, RandomSuggest, SearchSpace

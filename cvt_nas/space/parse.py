@@ -12,6 +12,7 @@ from typing import Any
 from cvt_nas.common.yamlfile import read_yaml
 from cvt_nas.model.config import BLOCK_FIELDS, STAGE_FIELDS, CvTConfig
 from cvt_nas.model.presets import PRESETS
+from cvt_nas.results.objectives import parse_objectives
 from cvt_nas.space.analysis import require_satisfiable
 from cvt_nas.space.sampling import SearchSpace
 from cvt_nas.space.types import Budget, Dist, Entry, FieldSpec, SpaceError
@@ -378,31 +379,8 @@ def _parse_budget(data: dict[str, Any], source: str) -> Budget:
     return Budget(nondecreasing=tuple(nd), **kw)
 
 
-OBJECTIVE_NAMES = ("val_top1", "macs", "params", "latency")
 SAMPLERS = ("nsga2", "tpe", "random", "grid")
 PRUNERS = ("none", "median", "sha", "hyperband", "pareto-sha", "asha")
-
-
-def parse_objectives(items: Any, where: str = "--objectives") -> dict[str, str]:
-    """``["val_top1:max", "macs:min"]`` (or one comma-separated string) -> ``{name: dir}``."""
-    if isinstance(items, str):
-        items = [x for x in items.split(",") if x.strip()]
-    if not isinstance(items, list | tuple) or not items:
-        raise SpaceError(f"{where}: expected a list like [val_top1:max, macs:min]")
-    out: dict[str, str] = {}
-    for item in items:
-        name, _, direction = str(item).strip().partition(":")
-        if name not in OBJECTIVE_NAMES:
-            raise SpaceError(f"{where}: unknown objective {name!r}; choose from "
-                             f"{list(OBJECTIVE_NAMES)}")
-        expected = "max" if name == "val_top1" else "min"
-        direction = direction or expected
-        if direction != expected:
-            raise SpaceError(f"{where}: {name} can only be {name}:{expected}, got {item!r}")
-        if name in out:
-            raise SpaceError(f"{where}: {name} is listed twice")
-        out[name] = direction
-    return out
 
 
 def _parse_search(data: dict[str, Any], source: str) -> dict[str, Any]:

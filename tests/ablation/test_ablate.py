@@ -237,3 +237,57 @@ def test_table_mean_std_delta_and_sign(tmp_path: Path) -> None:
     tied.loc[tied["row"] == "a", "val_top1"] = b
     t3 = build_table(exp2, "reduced", tied).set_index("row")
     assert t3.loc["a", "delta"] == pytest.approx(0.0) and pd.isna(t3.loc["a", "same_sign"])
+
+
+# -- the committed tables come from the committed studies -----------------------------------
+
+ABLATIONS = Path(__file__).resolve().parents[2] / "results" / "ablations"
+COMMITTED = ["table5_position_embedding", "table6_conv_token_embedding", "table7_kv_stride",
+             "table8_conv_projection"]
+
+
+@pytest.fixture(scope="module")
+def committed_studies(tmp_path_factory: pytest.TempPathFactory) -> str:
+    db = tmp_path_factory.mktemp("abl") / "studies.db"
+    db.write_bytes((ABLATIONS / "studies.db").read_bytes())  # a copy: reading never writes it
+    return f"sqlite:///{db}"
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_committed_tables_rebuild_byte_identical_from_their_study(
+        name: str, committed_studies: str, tmp_path: Path) -> None:
+    from cvt_nas.ablation.runner import study_name
+    from cvt_nas.ablation.table import table_markdown, table_records, write_table
+    from cvt_nas.results import from_optuna
+
+    exp = load_experiment(EXPERIMENTS / f"{name}.yaml")
+    tables = from_optuna(committed_studies, study_name(exp, "reduced"))
+    records, epochs = table_records(tables, exp.scales["reduced"].seeds)
+    table = build_table(exp, "reduced", records)
+    write_table(exp, "reduced", table, tmp_path, records, epochs)
+    for file in ("table.csv", "table.md", "records.csv", "epochs.csv"):
+        assert (tmp_path / file).read_bytes() == (ABLATIONS / name / file).read_bytes(), file
+    assert table_markdown(exp, "reduced", table) == (ABLATIONS / name / "table.md").read_text()
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no debris
+
+
+def test_ablate_on_complete_studies_trains_nothing_and_writes_a_results_directory(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's check: `cvt-nas ablate` on a copy of results/ablations rebuilds the table
+    from the stored pairs, and the folder is also a results directory `report` reads."""
+    from cvt_nas.results import load, load_meta
+
+    (tmp_path / "studies.db").write_bytes((ABLATIONS / "studies.db").read_bytes())
+    out = tmp_path / "table7_kv_stride"
+    assert main(["ablate", str(EXPERIMENTS / "table7_kv_stride.yaml"), "--scale", "reduced",
+                 "--out", str(out)]) == 0
+    assert "training" not in capsys.readouterr().out
+    for file in ("table.csv", "table.md", "records.csv", "epochs.csv"):
+        assert (out / file).read_bytes() == (ABLATIONS / "table7_kv_stride" / file).read_bytes()
+    trials = load(out)
+    assert len(trials) == 10 and set(trials["status"]) == {"complete"}
+    assert trials["reused_from"].notna().sum() == 5  # the baseline row came from Table 5
+    meta = load_meta(out)
+    assert meta["study"] == "table7_kv_stride-reduced" and meta["settings"]["seeds"] == 5
+    assert main(["report", str(out)]) == 0
+    assert "10 trials (10 complete)" in capsys.readouterr().out

@@ -43,7 +43,10 @@ def test_report_regenerates_a_real_search_output(search_dir, capsys):
         (search_dir / name).unlink()
     assert main(["report", str(search_dir)]) == 0
     out = capsys.readouterr().out
-    assert "3 trials" in out and "| trial | val top-1 (%) |" in out
+    assert "3 trials" in out and "from the study in sqlite:///" in out  # its study.db
+    assert "| trial | val top-1 (%) |" in out
+    assert not (search_dir / "pareto.md").exists()  # report reads; --write writes
+    assert main(["report", str(search_dir), "--write"]) == 0
     assert (search_dir / "pareto.md").read_text() == stored_md
     meta = load_meta(search_dir)
     assert meta["objectives"] == {"val_top1": "max", "macs": "min"}

@@ -167,3 +167,67 @@ def test_ray_trial_number_of_a_crashed_trial_comes_from_its_folder(tmp_path):
     trials = from_ray(exp).trials
     assert trials[["trial", "status", "error"]].to_dict("records") == [
         {"trial": 4, "status": "failed", "error": "RuntimeError: out of disk"}]
+
+
+# -- the one study reader: which trials are results ----------------------------------------
+
+
+def test_one_rule_set_for_every_reader_of_a_study(tmp_path):
+    """Surplus, raced, retried, crashed, running and waiting trials, read by the search's own
+    tables, the importer and an ablation table alike."""
+    from cvt_nas.ablation.table import table_records
+    from cvt_nas.results import read_study, study_records
+    from cvt_nas.search.study import collect
+
+    url = f"sqlite:///{tmp_path / 'rules.db'}"
+    records, histories = _records("optuna")
+    study = optuna.create_study(study_name="imp", storage=url, directions=["maximize",
+                                                                          "minimize"])
+    dist = {"x": optuna.distributions.IntDistribution(0, 9)}
+
+    def add(state, number_params, record=None, **attrs):
+        system = attrs.pop("system", {})
+        study.add_trial(optuna.trial.create_trial(
+            state=state, params={"x": number_params}, distributions=dist,
+            values=[1.0, 1.0] if state == optuna.trial.TrialState.COMPLETE else None,
+            user_attrs={**({"record": record, "history": [{"epoch": 1, "val_top1": 50.0}]}
+                           if record else {}), **attrs},
+            system_attrs=system))
+
+    C, F = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
+    add(C, 0, {**records[0], "trial": 0, "row": "a", "seed": 0})            # 0: a result
+    add(F, 1)                                                               # 1: died, retried
+    add(C, 1, {**records[1], "trial": 2, "row": "b", "seed": 0},
+        system={"failed_trial": 1})                                        # 2: the retry
+    add(F, 3, system={"fail_reason": "boom"})                               # 3: crashed: a row
+    add(C, 4, {**records[0], "trial": 4, "row": "a", "seed": 0},
+        duplicate_of=0)                                                     # 4: lost a race
+    add(F, 5, surplus=True)                                                 # 5: study was full
+    add(optuna.trial.TrialState.WAITING, 6)                                 # 6: not yet
+    study.ask()                                                             # 7: running
+
+    recs, epochs = study_records(study)
+    assert [r["trial"] for r in recs] == [0, 2, 3]
+    stub = recs[2]
+    assert (stub["status"], stub["backend"], stub["error"]) == ("failed", "optuna", "boom")
+    assert stub["reason"] == "no record stored with the trial" and stub["finished_at"]
+    assert [e["trial"] for e in epochs] == [0, 2]
+    assert collect(study) == (recs, epochs)  # the search's results directory
+    trials, frame_epochs = from_optuna(url, "imp")
+    assert trials["trial"].tolist() == [0, 2, 3] and frame_epochs["trial"].tolist() == [0, 2]
+    pd.testing.assert_frame_equal(trials, read_study(study).trials)
+    table, _ = table_records(read_study(study), seeds=1)  # an ablation table's records
+    assert table[["row", "seed", "trial"]].to_dict("records") == [
+        {"row": "a", "seed": 0, "trial": 0}, {"row": "b", "seed": 0, "trial": 2}]
+
+
+def test_reading_a_missing_storage_creates_nothing(tmp_path):
+    for url in (f"sqlite:///{tmp_path / 'new' / 'study.db'}", str(tmp_path / "new" / "s.journal")):
+        with pytest.raises(ValueError, match=r"no such file .*new"):
+            from_optuna(url)
+    assert list(tmp_path.iterdir()) == []  # no empty database, not even its folder
+    with pytest.raises(ValueError, match="not a storage URL"):
+        from_optuna(str(tmp_path / "study.db"))  # a bare path is not a journal
+    (tmp_path / "junk.db").write_text("not sqlite")
+    with pytest.raises(ValueError, match="cannot (open|read) Optuna storage"):
+        from_optuna(f"sqlite:///{tmp_path / 'junk.db'}")

@@ -157,6 +157,8 @@ def test_report_regenerates_tables_and_plots(study_dir, tmp_path, capsys):
     assert main(["report", str(work)]) == 0
     out = capsys.readouterr().out
     assert "8 trials (4 complete" in out and "| 86.00 |" in out
+    assert not (work / "pareto.md").exists()  # reading writes nothing
+    assert main(["report", str(work), "--write"]) == 0
     for name in FILES:
         assert (work / name).exists(), name
     assert (work / "pareto.md").read_text() == (study_dir / "pareto.md").read_text()
@@ -164,7 +166,7 @@ def test_report_regenerates_tables_and_plots(study_dir, tmp_path, capsys):
     assert meta["command"] == load_meta(study_dir)["command"]  # the search's, not report's
 
     assert main(["report", str(work), "--objective", "val_top1:max", "--objective",
-                 "params:min", "--all-ranks", "--latex"]) == 0
+                 "params:min", "--all-ranks", "--latex", "--write"]) == 0
     out = capsys.readouterr().out
     assert r"\toprule" in out and load_meta(work)["objectives"] == {"val_top1": "max",
                                                                        "params": "min"}
@@ -194,3 +196,16 @@ def test_compare_overlays_studies_with_one_reference(study_dir, tmp_path, capsys
     assert final["micro"] == pytest.approx(hypervolume(load(study_dir), OBJ, ref))
     assert final["micro"] > final["other"] > 0
     assert curves.groupby("study")["hypervolume"].apply(lambda s: s.is_monotonic_increasing).all()
+
+
+def test_a_rewrite_keeps_the_first_created_stamp(tmp_path):
+    records, epochs = build_study("again")
+    write_outputs(tmp_path, records[:2], epochs, OBJ, {"command": "c"})
+    meta = yaml.safe_load((tmp_path / "study.yaml").read_text())
+    meta_path = tmp_path / "study.yaml"
+    meta["created"] = "2020-01-01T00:00:00+00:00"  # as if written long ago
+    meta_path.write_text(yaml.safe_dump(meta))
+    write_outputs(tmp_path, records, epochs, OBJ, {"command": "c"})
+    again = yaml.safe_load(meta_path.read_text())
+    assert again["created"] == "2020-01-01T00:00:00+00:00" and again["updated"] > "2020"
+    assert again["n_trials"] == len(ARCHS) and again["study"] == "again"

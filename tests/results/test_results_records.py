@@ -142,3 +142,48 @@ def test_markdown_and_latex_tables():
         r"\begin{tabular}{rrl}", r"\toprule", r"trial & val top-1 (\%) & arch \\", r"\midrule",
         r"1 & 81.23 & a|b \\", r"2 &  & x\_y \& 50\% \\", r"\bottomrule", r"\end{tabular}",
         r"\end{table}"])
+
+
+# -- the one record builder: invalid samples, a known cost, reuse ----------------------------
+
+
+def test_an_invalid_architecture_gets_a_record_without_a_config():
+    rec = make_record(study="s", trial=5, backend="optuna", model_cfg=None, train_cfg=TRAIN,
+                      result=None, reason="invalid architecture: depth", extra={"worker": "w"})
+    assert (rec["status"], rec["arch_id"], rec["arch"], rec["params"]) == (
+        "infeasible", None, None, None)
+    assert rec["epochs"] == 0 and rec["img_size"] == 32 and rec["seed"] == 7
+    assert rec["train.lr"] == TRAIN.lr and rec["worker"] == "w"
+    bare = make_record(study="s", trial=6, backend="optuna", model_cfg=None, train_cfg=None,
+                       result=None, reason="invalid training config")
+    assert bare["img_size"] is None and bare["reason"] == "invalid training config"
+    df = records_frame([rec, bare, make_record(study="s", trial=7, backend="optuna",
+                                               model_cfg=MICRO, train_cfg=TRAIN, result=None)])
+    assert df["arch_id"].isna().tolist() == [True, True, False]
+    assert df["depth_s1"].isna().tolist() == [True, True, False]
+
+
+def test_a_given_cost_is_used_instead_of_computing_it():
+    from cvt_nas.model.cost import Cost
+
+    rec = make_record(study="s", trial=0, backend="x", model_cfg=MICRO, train_cfg=TRAIN,
+                      result=None, cost=Cost(params=11, macs=22, img_size=32))
+    assert (rec["params"], rec["macs"]) == (11, 22)  # not analytic_cost's numbers
+    ran = make_record(study="s", trial=1, backend="x", model_cfg=MICRO, train_cfg=TRAIN,
+                      result=_result(), cost=Cost(params=11, macs=22, img_size=32))
+    assert (ran["params"], ran["macs"]) == (123_456, 7_890_000)  # the trained model's own
+
+
+def test_a_reused_record_names_its_source_and_spends_no_time():
+    from cvt_nas.results import reused_record
+
+    source = make_record(study="t7", trial=3, backend="ablate", model_cfg=MICRO,
+                         train_cfg=TRAIN, result=_result(), extra={"row": "b"})
+    rec = reused_record(source, study="t8", trial=9, row="a")
+    assert (rec["study"], rec["trial"], rec["row"], rec["reused_from"]) == ("t8", 9, "a", "t7#3")
+    assert rec["wall_time_s"] == 0.0 and rec["reason"] == "same run as t7#3: its result, not retrained"
+    assert rec["val_top1"] == source["val_top1"] and rec["arch"] == source["arch"]
+    assert rec["finished_at"] >= source["finished_at"]
+    assert source["trial"] == 3 and "reused_from" not in source  # the source is not changed
+    worded = reused_record(source, study="t7", trial=4, reason="same parameters as trial 3")
+    assert worded["reason"] == "same parameters as trial 3"

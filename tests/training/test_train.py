@@ -172,11 +172,12 @@ def test_train_command_writes_a_json_record(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert code == 0, out
     assert "epoch 1/1" in out and "smoke on fashion-mnist: complete" in out
-    record = json.loads((tmp_path / "smoke.json").read_text())
-    assert record["result"]["status"] == "complete"
-    assert record["result"]["test_top1"] is not None
-    assert record["model_cfg"]["depth"] == [1, 1, 1] and record["train_cfg"]["train_subset"] == 512
-    assert record["arch_id"] == CvTConfig.from_dict(record["model_cfg"]).arch_id()
+    run = json.loads((tmp_path / "smoke.json").read_text())  # the standard record + history
+    record = run["record"]
+    assert record["status"] == "complete" and record["backend"] == "train"
+    assert record["test_top1"] is not None and len(run["history"]) == 1
+    assert record["depth_s1"] == 1 and record["train.train_subset"] == 512
+    assert record["arch_id"] == CvTConfig.from_dict(json.loads(record["arch"])).arch_id()
     assert (tmp_path / "smoke.ckpt" / "last.pt").is_file()
 
 
@@ -188,7 +189,7 @@ def test_train_command_config_file_and_errors(tmp_path, capsys) -> None:
     code = main(["train", "--config", str(path), "--out", str(tmp_path), "--no-progress"])
     captured = capsys.readouterr()
     assert code == 1 and "run on fashion-mnist: diverged" in captured.out
-    assert json.loads((tmp_path / "run.json").read_text())["result"]["status"] == "diverged"
+    assert json.loads((tmp_path / "run.json").read_text())["record"]["status"] == "diverged"
     assert main(["train", "--model", "cvt_micro", "--set", "epoch=3"]) == 2
     assert "--set epoch: not a TrainConfig or CvTConfig field" in capsys.readouterr().err
     assert main(["train", "--model", "cvt_micro", "--dataset", "cifar10",
