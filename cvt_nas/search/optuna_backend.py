@@ -27,6 +27,7 @@ from typing import Any
 import optuna
 
 from cvt_nas.search import study as store
+from cvt_nas.search.progress import Progress
 from cvt_nas.search.rungs import promotable, rung_epochs, to_point
 from cvt_nas.search.trial import Gate, Report, TrialSettings, evaluate, worker_tag
 from cvt_nas.space import SearchSpace, SpaceError
@@ -261,7 +262,7 @@ def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[s
                              space=run.space)
     store.fail_dead_trials(study)
     objectives = run.settings.objectives
-    with store.Progress(run.storage_url, run.settings.study, run.trials, objectives, out_dir,
+    with Progress(run.storage_url, run.settings.study, run.trials, objectives, out_dir,
                         meta, show=progress), store.results_on_exit(study, out_dir, objectives,
                                                                     meta):
         if n_workers <= 1:

@@ -23,6 +23,7 @@ from typing import Any
 
 from cvt_nas.search import study as store
 from cvt_nas.search.optuna_backend import SearchRun, make_sampler
+from cvt_nas.search.progress import Progress
 from cvt_nas.search.trial import Gate, evaluate, gate, record_extra
 
 RAY_PRUNERS = ("none", "asha")
@@ -218,7 +219,7 @@ def run_ray(run: SearchRun, opts: RayOptions, out_dir: str | Path, meta: dict[st
                     storage_path=str((Path(out_dir) / "ray").resolve()), verbose=0,
                     failure_config=tune.FailureConfig(max_failures=0)),
             )
-            with store.Progress(run.storage_url, run.settings.study, run.trials, objectives,
+            with Progress(run.storage_url, run.settings.study, run.trials, objectives,
                                 out_dir, meta, show=progress):
                 tuner.fit()
         finally:
