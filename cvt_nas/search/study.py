@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
 import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -26,6 +24,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from cvt_nas.common.proc import alive
 from cvt_nas.common.storage import fail_stale_trials, open_storage, redact
 from cvt_nas.space import SearchSpace
 from cvt_nas.training.config import get_recipe
@@ -153,28 +152,6 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         system_attrs={"failed_trial": trial.number, "retry_history": [trial.number]}))
 
 
-def _alive(tag: str) -> bool:
-    """Is the worker ``host:pid:start`` (from `cvt_nas.search.trial.worker_tag`) still running?"""
-    host, _, rest = tag.partition(":")
-    pid, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True  # another machine's worker: only its heartbeat can tell
-    if not Path("/proc").is_dir():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            now = fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return False
-    return not start or now == start  # a different start time: the pid was reused
-
-
 def fail_dead_trials(study: optuna.Study, only_local: bool = True) -> list[int]:
     """Fail RUNNING trials whose worker process is gone and retry their parameters once.
 
@@ -193,7 +170,7 @@ def fail_dead_trials(study: optuna.Study, only_local: bool = True) -> list[int]:
                      if t.number in running)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         tag = t.user_attrs.get("worker")
-        if only_local and (t.state != TrialState.RUNNING or tag is None or _alive(tag)):
+        if only_local and (t.state != TrialState.RUNNING or tag is None or alive(tag)):
             continue
         try:
             study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
