@@ -1,9 +1,17 @@
-"""Shared test setup: quiet Ray and keep torch to the machine's two threads."""
+"""Shared test setup: quiet Ray, keep torch to the machine's two threads, a private PostgreSQL."""
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
+import shutil
 import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -21,3 +29,89 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def pg_bin() -> Path | None:
+    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if os.path.exists(f"{d}/initdb") and os.path.exists(f"{d}/pg_ctl"):
+            return Path(d)
+    found = shutil.which("initdb")
+    return Path(found).parent if found and shutil.which("pg_ctl") else None
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    """A private server on 127.0.0.1: ``cvtnas`` logs in without a password (trust); users made
+    by `add_user` must give theirs (scram-sha-256), in the URL or in a password file."""
+
+    port: int
+
+    def url(self, user: str = "cvtnas", password: str | None = None) -> str:
+        auth = f"{user}:{password}" if password is not None else user
+        return f"postgresql+psycopg2://{auth}@127.0.0.1:{self.port}/postgres"
+
+    def add_user(self, name: str, password: str) -> None:
+        import psycopg2
+        from psycopg2 import sql
+
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="cvtnas",
+                                dbname="postgres")
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD %s").format(
+                    sql.Identifier(name)), (password,))
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def postgres(tmp_path: Path, free_port: int) -> Iterator[PostgresServer]:
+    """A private PostgreSQL server on a free 127.0.0.1 port, stopped and deleted afterwards.
+
+    initdb refuses to run as root, so as root the server runs as the ``postgres`` user via
+    ``runuser``, in a directory that user owns: a fresh ``/tmp/cvtnas-pg-*`` (pytest's tmp_path
+    lives under a root-only directory the server could not enter).
+    """
+    bindir = pg_bin()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine; "
+                    "apt-get install postgresql to run this test")
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run initdb as")
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser to drop to the 'postgres' user")
+        base = Path(tempfile.mkdtemp(prefix="cvtnas-pg-", dir="/tmp"))
+        os.chown(base, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    else:
+        base, prefix = tmp_path / "pg", []
+        base.mkdir()
+    data, port = base / "data", free_port
+
+    def run(*cmd: str | Path) -> None:
+        subprocess.run([*prefix, *map(str, cmd)], check=True, capture_output=True, timeout=120)
+
+    try:
+        run(bindir / "initdb", "-D", data, "-U", "cvtnas", "--auth=trust", "-E", "UTF8",
+            "--no-sync")
+        (data / "pg_hba.conf").write_text(
+            "local all all trust\n"
+            "host all cvtnas 127.0.0.1/32 trust\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n")
+        run(bindir / "pg_ctl", "-D", data, "-l", base / "server.log", "-w", "-t", "60", "-o",
+            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        yield PostgresServer(port)
+    finally:
+        if (data / "postmaster.pid").exists():
+            run(bindir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> str:
+    """The URL of a private PostgreSQL server (`postgres`), user ``cvtnas`` without a password."""
+    return postgres.url()

@@ -24,8 +24,8 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from cvt_nas.common.proc import alive
-from cvt_nas.common.storage import fail_stale_trials, open_storage, redact
+from cvt_nas.common.storage import fail_dead_trials as fail_trials_of_dead_workers
+from cvt_nas.common.storage import open_storage, redact
 from cvt_nas.space import SearchSpace
 from cvt_nas.training.config import get_recipe
 
@@ -153,33 +153,9 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
 
 
 def fail_dead_trials(study: optuna.Study, only_local: bool = True) -> list[int]:
-    """Fail RUNNING trials whose worker process is gone and retry their parameters once.
-
-    With ``only_local`` a trial is failed only when its worker ran on this machine and is no
-    longer alive (other machines' trials are left to the RDB heartbeat); without it every
-    RUNNING or WAITING trial is failed (for a backend that is the study's only driver).
-    """
-    failed = []
-    # Other machines' dead trials: stale heartbeat -> FAIL, and `retry_trial` (the storage's
-    # stale-trial callback) queues their parameters. Done here, before anyone counts the study:
-    # a dead RUNNING trial still counts toward --trials. (A no-op without heartbeats; the
-    # study's storage is Optuna's cache wrapper, not the RDBStorage itself.)
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    fail_stale_trials(study)
-    failed += sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                     if t.number in running)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        tag = t.user_attrs.get("worker")
-        if only_local and (t.state != TrialState.RUNNING or tag is None or alive(tag)):
-            continue
-        try:
-            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        except Exception:  # noqa: BLE001 - finished meanwhile by its own process
-            continue
-        failed.append(t.number)
-        if t.state == TrialState.RUNNING:
-            retry_trial(study, t)
-    return failed
+    """The search's recovery: fail the trials of dead workers (`cvt_nas.common.storage.
+    fail_dead_trials`) and queue each one's parameters again, once (`retry_trial`)."""
+    return fail_trials_of_dead_workers(study, on_dead=retry_trial, only_local=only_local)
 
 
 def collect(study: optuna.Study) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
