@@ -8,10 +8,13 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -115,3 +118,34 @@ def postgres(tmp_path: Path, free_port: int) -> Iterator[PostgresServer]:
 def postgres_url(postgres: PostgresServer) -> str:
     """The URL of a private PostgreSQL server (`postgres`), user ``cvtnas`` without a password."""
     return postgres.url()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cvt_nas_process(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    """``cvt-nas ARGS`` as a real process running this checkout's code, stderr to ``log``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "cvt_nas.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+
+
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (Linux ``/proc/<pid>/task/<pid>/children``)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 300.0,
+             every: float = 0.25) -> Any:
+    """Poll ``check`` until it returns something truthy (returned); fail after ``timeout`` s.
+    Generous timeouts: these are waits for slow shared machines, not timing assertions."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"gave up after {timeout:.0f} s waiting for {what}"
+        time.sleep(every)

@@ -17,15 +17,14 @@ or Hyperband pruners on the per-epoch reports. Multi-objective studies cannot (O
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 
+from cvt_nas.common.pool import STOP, run_workers
 from cvt_nas.search import study as store
 from cvt_nas.search.progress import Progress
 from cvt_nas.search.rungs import promotable, rung_epochs, to_point
@@ -33,7 +32,6 @@ from cvt_nas.search.trial import Gate, Report, TrialSettings, evaluate, worker_t
 from cvt_nas.space import SearchSpace, SpaceError
 
 OPTUNA_PRUNERS = ("none", "median", "sha", "hyperband", "pareto-sha")
-STOP = threading.Event()  # set (e.g. by a SIGTERM handler) to end the worker loop
 
 
 class TrialFailed(Exception):
@@ -161,11 +159,28 @@ def _replay_curve(run: SearchRun, trial: optuna.Trial, history: list[dict[str, A
 class Objective:
     """The Optuna objective: one trial of `cvt_nas.search.trial.evaluate`, its record stored with it.
 
-    ``surplus`` turns true when a trial found the study already full (another worker raced it).
+    ``surplus`` turns true when a trial found the study already full (another worker raced it);
+    ``current`` is the trial this worker runs (or ran last).
     """
 
     def __init__(self, run: SearchRun, study: optuna.Study) -> None:
         self.run, self.study, self.tag, self.surplus = run, study, worker_tag(), False
+        self.current: optuna.Trial | None = None
+
+    def abandon(self) -> None:
+        """Leave the study resumable after an interrupt: the trial this worker was running is
+        failed and its parameters are queued again, once (`cvt_nas.search.study.retry_trial`)."""
+        if self.current is None:
+            return
+        storage, trial_id = self.study._storage, self.current._trial_id
+        if storage.get_trial(trial_id).state == optuna.trial.TrialState.RUNNING:
+            try:
+                storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
+            except Exception:  # noqa: BLE001 - it finished meanwhile
+                return
+        frozen = storage.get_trial(trial_id)
+        if frozen.state == optuna.trial.TrialState.FAIL:
+            store.retry_trial(self.study, frozen)
 
     def previous(self, params_sampled: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """The record and history of the first complete trial drawn with these parameters."""
@@ -177,13 +192,14 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> Any:
         run, study = self.run, self.study
+        self.current = trial
+        trial.set_user_attr("worker", self.tag)  # first: a trial of a dead worker is told by it
         before = sum(1 for t in study.get_trials(deepcopy=False)
                      if t.number < trial.number and store.counts(t))
         if before >= run.trials:
             trial.set_user_attr("surplus", True)
             self.surplus = True
             raise SurplusTrial(f"the study already has {run.trials} trials")
-        trial.set_user_attr("worker", self.tag)
         sample = run.space.sample(trial)
 
         def on_gate(g: Gate, known: dict[str, float]) -> None:
@@ -213,18 +229,29 @@ def run_worker(run: SearchRun, index: int = 0) -> int:
                              make_sampler(run, seed), make_pruner(run))
     objective = Objective(run, study)
     ran = 0
-    while not STOP.is_set():
-        # dead trials (this machine: by pid; others: by heartbeat) are failed and their
-        # parameters queued before each count, since a dead RUNNING trial still counts
-        store.fail_dead_trials(study)
-        if store.tally(study).counted >= run.trials:
-            break
-        study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial),
-                       gc_after_trial=True)
-        ran += 1
-        if objective.surplus or (run.sampler == "grid" and _grid_done(study, run)):
-            break
+    try:
+        while not STOP.is_set():
+            # dead trials (this machine: by pid; others: by heartbeat) are failed and their
+            # parameters queued before each count, since a dead RUNNING trial still counts
+            if not _unfinished(study, run):
+                break
+            study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial),
+                           gc_after_trial=True)
+            ran += 1
+            if objective.surplus:
+                break
+    except KeyboardInterrupt:  # SIGINT/SIGTERM (`cvt_nas.common.pool`)
+        objective.abandon()
+        raise
     return ran
+
+
+def _unfinished(study: optuna.Study, run: SearchRun) -> bool:
+    """Does the study still need trials? (Fails dead workers' trials first: they still count.)"""
+    store.fail_dead_trials(study)
+    if store.tally(study).counted >= run.trials:
+        return False
+    return not (run.sampler == "grid" and _grid_done(study, run))
 
 
 def _grid_done(study: optuna.Study, run: SearchRun) -> bool:
@@ -237,10 +264,7 @@ def _grid_done(study: optuna.Study, run: SearchRun) -> bool:
 def _worker_entry(run: SearchRun, index: int) -> None:
     if run.settings.threads:
         os.environ["OMP_NUM_THREADS"] = str(run.settings.threads)
-    try:
-        run_worker(run, index)
-    except KeyboardInterrupt:
-        pass
+    run_worker(run, index)
 
 
 def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[str, Any],
@@ -249,6 +273,7 @@ def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[s
 
     Trials that a killed process left RUNNING on this machine are failed and their parameters
     retried once; on other machines the RDB heartbeat does the same after three missed beats.
+    Workers, signals and dying workers: `cvt_nas.common.pool.run_workers`.
     """
     if run.sampler == "grid":
         size = run.space.size()
@@ -262,26 +287,13 @@ def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[s
                              space=run.space)
     store.fail_dead_trials(study)
     objectives = run.settings.objectives
-    with Progress(run.storage_url, run.settings.study, run.trials, objectives, out_dir,
-                        meta, show=progress), store.results_on_exit(study, out_dir, objectives,
-                                                                    meta):
-        if n_workers <= 1:
-            run_worker(run, 0)
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            procs = [ctx.Process(target=_worker_entry, args=(run, i), name=f"cvt-nas-worker-{i}")
-                     for i in range(n_workers)]
-            for p in procs:
-                p.start()
-            try:
-                for p in procs:
-                    p.join()
-            finally:
-                for p in procs:
-                    p.join(timeout=60)
-            bad = [p.exitcode for p in procs if p.exitcode not in (0, None)]
-            if bad:
-                raise RuntimeError(f"{len(bad)} worker process(es) exited with codes {bad}")
+    with Progress(run.storage_url, run.settings.study, run.trials, objectives, out_dir, meta,
+                  show=progress), store.results_on_exit(study, out_dir, objectives, meta):
+        try:
+            run_workers(_worker_entry, (run,), n_workers, label="cvt-nas search",
+                        unfinished=lambda: _unfinished(study, run))
+        finally:
+            store.fail_dead_trials(study)  # workers killed after the stop grace
     return study
 
 
