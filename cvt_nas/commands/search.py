@@ -32,7 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                         "asha"),
                    help="early stopping: median/sha/hyperband (optuna, single objective), "
                         "pareto-sha (optuna, any), asha (ray, on val_top1)")
-    p.add_argument("--seed", type=int, help="sampler seed (worker i uses seed + i)")
+    p.add_argument("--seed", type=int, help="sampler seed: a single run draws the same trials "
+                   "each time; other workers, and runs joining a study that another live "
+                   "worker is on, draw from streams of their own")
     p.add_argument("--population-size", type=int, help="NSGA-II population")
     p.add_argument("--n-workers", type=int, default=1,
                    help="local worker processes on the study (optuna backend)")

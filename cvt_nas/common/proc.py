@@ -12,7 +12,7 @@ import os
 import socket
 from typing import NamedTuple
 
-__all__ = ["WorkerTag", "alive", "parse_tag", "start_time", "worker_tag"]
+__all__ = ["WorkerTag", "alive", "is_local", "parse_tag", "start_time", "worker_tag"]
 
 
 class WorkerTag(NamedTuple):
@@ -45,6 +45,11 @@ def parse_tag(tag: str) -> WorkerTag:
     host, _, rest = tag.partition(":")
     pid, _, start = rest.partition(":")
     return WorkerTag(host, int(pid) if pid.isdigit() else None, start)
+
+
+def is_local(tag: str) -> bool:
+    """Did the worker named by ``tag`` run on this machine?"""
+    return parse_tag(tag).host == socket.gethostname()
 
 
 def alive(tag: str) -> bool:

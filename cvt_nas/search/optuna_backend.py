@@ -17,6 +17,7 @@ or Hyperband pruners on the per-epoch reports. Multi-objective studies cannot (O
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,30 @@ def make_sampler(run: SearchRun, seed: int | None) -> optuna.samplers.BaseSample
     if run.sampler == "grid":
         return optuna.samplers.GridSampler(run.space.grid(), seed=seed)
     raise ValueError(f"--sampler {run.sampler!r}: choose one of nsga2, tpe, random, grid")
+
+
+def stream_seed(seed: int, key: str) -> int:
+    """A sampler seed of its own for one stream of draws: ``seed`` hashed with ``key``."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "big")
+
+
+def sampler_seed(study: optuna.Study, seed: int | None, index: int, tag: str
+                 ) -> tuple[int | None, bool]:
+    """The seed of a worker's sampler, and whether the stream is its own (its worker tag's).
+
+    Two workers seeded alike draw the same trials (here or on another machine sharing the
+    storage), so only the first worker of a single seeded run keeps ``seed`` (reproducible, as
+    before); workers with ``index`` > 0 and any process that joins a study another live worker
+    is on get ``stream_seed(seed, tag)``. A resumed study (trials, but no live worker) gets a
+    stream keyed by its trial count: reproducible, and not a replay of the draws it already
+    has.
+    """
+    if seed is None:
+        return None, True
+    if index > 0 or store.other_live_worker(study, tag):
+        return stream_seed(seed, tag), True
+    done = len(study.get_trials(deepcopy=False))
+    return (stream_seed(seed, f"resume:{done}") if done else seed), False
 
 
 def make_pruner(run: SearchRun) -> optuna.pruners.BasePruner:
@@ -160,12 +185,24 @@ class Objective:
     """The Optuna objective: one trial of `cvt_nas.search.trial.evaluate`, its record stored with it.
 
     ``surplus`` turns true when a trial found the study already full (another worker raced it);
-    ``current`` is the trial this worker runs (or ran last).
+    ``current`` is the trial this worker runs (or ran last); ``own_stream`` tells whether its
+    sampler's seed is its own (`sampler_seed`).
     """
 
-    def __init__(self, run: SearchRun, study: optuna.Study) -> None:
+    def __init__(self, run: SearchRun, study: optuna.Study, own_stream: bool = True) -> None:
         self.run, self.study, self.tag, self.surplus = run, study, worker_tag(), False
         self.current: optuna.Trial | None = None
+        self.own_stream = own_stream
+
+    def _check_stream(self, trial: optuna.Trial) -> None:
+        """Before the first draw: a worker that started at the same moment as another one with
+        the same seed (neither saw the other's trials yet) moves to a stream of its own. Of two
+        such workers the later-numbered trial sees the earlier one."""
+        if self.own_stream or self.run.seed is None:
+            return
+        self.own_stream = True
+        if store.other_live_worker(self.study, self.tag, before=trial.number):
+            self.study.sampler = make_sampler(self.run, stream_seed(self.run.seed, self.tag))
 
     def abandon(self) -> None:
         """Leave the study resumable after an interrupt: the trial this worker was running is
@@ -194,6 +231,7 @@ class Objective:
         run, study = self.run, self.study
         self.current = trial
         trial.set_user_attr("worker", self.tag)  # first: a trial of a dead worker is told by it
+        self._check_stream(trial)
         before = sum(1 for t in study.get_trials(deepcopy=False)
                      if t.number < trial.number and store.counts(t))
         if before >= run.trials:
@@ -224,10 +262,12 @@ def run_worker(run: SearchRun, index: int = 0) -> int:
     """Run trials of the study until it holds ``run.trials``; returns how many this one ran."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = store.make_storage(run.storage_url, run.heartbeat)
-    seed = None if run.seed is None else run.seed + index
     study = store.open_study(storage, run.settings.study, run.settings.objectives,
-                             make_sampler(run, seed), make_pruner(run))
+                             pruner=make_pruner(run))
+    store.fail_dead_trials(study)  # a dead worker is not another live one
     objective = Objective(run, study)
+    seed, objective.own_stream = sampler_seed(study, run.seed, index, objective.tag)
+    study.sampler = make_sampler(run, seed)
     ran = 0
     try:
         while not STOP.is_set():
@@ -298,4 +338,5 @@ def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[s
 
 
 __all__ = ["OPTUNA_PRUNERS", "SearchRun", "SurplusTrial", "TrialFailed", "Objective",
-           "make_pruner", "make_sampler", "run_search", "run_worker"]
+           "make_pruner", "make_sampler", "run_search", "run_worker", "sampler_seed",
+           "stream_seed"]

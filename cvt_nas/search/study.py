@@ -17,6 +17,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,12 +25,14 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from cvt_nas.common.proc import alive, is_local
 from cvt_nas.common.storage import fail_dead_trials as fail_trials_of_dead_workers
 from cvt_nas.common.storage import open_storage, redact
 from cvt_nas.space import SearchSpace
 from cvt_nas.training.config import get_recipe
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+RECENT_S = 600.0  # another machine's worker that finished a trial this recently may be live
 
 
 def make_storage(url: str, heartbeat: int | None = 10) -> BaseStorage:
@@ -156,6 +159,32 @@ def fail_dead_trials(study: optuna.Study, only_local: bool = True) -> list[int]:
     """The search's recovery: fail the trials of dead workers (`cvt_nas.common.storage.
     fail_dead_trials`) and queue each one's parameters again, once (`retry_trial`)."""
     return fail_trials_of_dead_workers(study, on_dead=retry_trial, only_local=only_local)
+
+
+def other_live_worker(study: optuna.Study, tag: str, before: int | None = None) -> bool:
+    """Does a worker other than ``tag`` work on this study now (so that two workers seeded
+    alike would draw the same trials)? Only trials numbered below ``before`` are looked at.
+
+    Another worker is live when one of its trials is RUNNING (dead workers' trials have been
+    failed first), when it is a process of this machine that still runs, or when it is another
+    machine's and finished a trial within `RECENT_S` (the only sign left of a worker whose
+    trials all finish at once, e.g. over budget).
+    """
+    now = datetime.now()
+    for t in study.get_trials(deepcopy=False):
+        other = t.user_attrs.get("worker")
+        if (before is not None and t.number >= before) or other == tag:
+            continue
+        if t.state == TrialState.RUNNING:
+            return True
+        if other is None:
+            continue
+        if is_local(other):
+            if alive(other):
+                return True
+        elif t.datetime_complete and (now - t.datetime_complete).total_seconds() < RECENT_S:
+            return True
+    return False
 
 
 def collect(study: optuna.Study) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
