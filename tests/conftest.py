@@ -6,6 +6,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,12 +27,17 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-@pytest.fixture
-def free_port() -> int:
+def unused_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now (for test servers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    """`unused_port` (one per test: servers of one test each take their own `unused_port`)."""
+    return unused_port()
 
 
 def pg_bin() -> Path | None:
@@ -69,7 +75,7 @@ class PostgresServer:
 
 
 @pytest.fixture
-def postgres(tmp_path: Path, free_port: int) -> Iterator[PostgresServer]:
+def postgres(tmp_path: Path) -> Iterator[PostgresServer]:
     """A private PostgreSQL server on a free 127.0.0.1 port, stopped and deleted afterwards.
 
     initdb refuses to run as root, so as root the server runs as the ``postgres`` user via
@@ -93,7 +99,7 @@ def postgres(tmp_path: Path, free_port: int) -> Iterator[PostgresServer]:
     else:
         base, prefix = tmp_path / "pg", []
         base.mkdir()
-    data, port = base / "data", free_port
+    data, port = base / "data", unused_port()
 
     def run(*cmd: str | Path) -> None:
         subprocess.run([*prefix, *map(str, cmd)], check=True, capture_output=True, timeout=120)
@@ -118,6 +124,74 @@ def postgres(tmp_path: Path, free_port: int) -> Iterator[PostgresServer]:
 def postgres_url(postgres: PostgresServer) -> str:
     """The URL of a private PostgreSQL server (`postgres`), user ``cvtnas`` without a password."""
     return postgres.url()
+
+
+def _processes_under(path: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if path in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    address: str  # host:port of the head
+    temp: Path  # its temp dir (session logs)
+
+
+@pytest.fixture
+def ray_cluster() -> Iterator[RayCluster]:
+    """``ray start --head`` on a free loopback port with its own temp dir.
+
+    Stopped by ending the ``--block`` process we started (which stops the head's processes) and
+    then any process still using our temp dir, by pid: ``ray stop`` would stop every Ray on the
+    machine, including other users' clusters.
+    """
+    ray_exe = Path(sys.executable).parent / "ray"
+    if not ray_exe.exists():
+        pytest.skip("the ray command line is not installed next to this Python")
+    temp = tempfile.mkdtemp(prefix="cvtray-", dir="/tmp")  # short: Ray's socket paths are long
+    port = unused_port()
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    log = Path(temp) / "head.log"
+    head = subprocess.Popen(
+        [str(ray_exe), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+         "--temp-dir", temp, "--num-cpus", "2", "--include-dashboard", "false", "--block"],
+        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in log.read_text():
+            assert head.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        yield RayCluster(f"127.0.0.1:{port}", Path(temp))
+    finally:
+        try:
+            os.killpg(head.pid, signal.SIGTERM)  # the head's own process group (new session)
+            head.wait(timeout=5)
+        except ProcessLookupError:  # it failed to start, or ended
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        time.sleep(1)
+        for pid in _processes_under(temp):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_head(ray_cluster: RayCluster) -> str:
+    """The address of a private Ray head on 127.0.0.1 (`ray_cluster`)."""
+    return ray_cluster.address
 
 
 ROOT = Path(__file__).resolve().parents[1]
