@@ -12,8 +12,9 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("models", "profile", "train", "search", "report", "compare", "ablate")
+from cvt_nas.common.pool import WorkersLost
 
+COMMANDS = ("models", "profile", "train", "search", "report", "compare", "ablate")
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -50,9 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"cvt-nas {args.command}: error: {msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"cvt-nas {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except WorkersLost as exc:  # its message is the one line
+        print(exc, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:  # Ctrl-C, or `cvt_nas.common.pool.Interrupted` (a signal)
+        print(f"cvt-nas {args.command}: {str(exc) or 'interrupted'}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ record (marking ``reused_from``). Seeded CPU runs are reproducible, so this chan
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-import multiprocessing as mp
 import random
 import sys
 import time
@@ -29,7 +29,9 @@ from typing import Any
 import optuna
 
 from cvt_nas.ablation.experiment import Experiment, load_experiment
-from cvt_nas.common.storage import fail_stale_trials, open_storage
+from cvt_nas.common.pool import STOP, run_workers
+from cvt_nas.common.proc import worker_tag
+from cvt_nas.common.storage import fail_dead_trials, open_storage
 from cvt_nas.results.records import TRAIN_PREFIX
 
 __all__ = ["default_storage", "open_study", "run_experiment", "run_key", "study_name"]
@@ -38,6 +40,8 @@ Log = Callable[[str], None]
 
 # A pair whose training failed (diverged, error) this many times is not tried again.
 MAX_FAILURES = 2
+HEARTBEAT = 10  # seconds between heartbeats of a running trial (stale after three missed)
+WAIT_S = 2.0  # how often a worker with nothing to do checks the pairs others are training
 # Fields of TrainConfig that change where or how fast a run goes, not its numbers.
 _EXECUTION_FIELDS = ("threads", "num_workers", "device", "data_root", "download")
 
@@ -79,12 +83,27 @@ def _grid(exp: Experiment, scale: str, seeds: int) -> dict[str, list[Any]]:
     return {"row": [r.row for r in exp.runnable(scale)], "seed": list(range(seeds))}
 
 
-def open_study(exp: Experiment, scale: str, seeds: int, storage: str) -> optuna.Study:
-    """Create or load the grid study of an experiment at a scale."""
+class _PairGrid(optuna.samplers.GridSampler):
+    """The grid of (row, seed) pairs, also when a pair was asked for explicitly (a retry, which
+    has no ``grid_id``): Optuna's GridSampler then fails in ``after_trial`` with a KeyError when
+    one cell is left. Its ``after_trial`` only stops ``optimize`` on a full grid; ours runs one
+    trial at a time."""
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                    state: optuna.trial.TrialState, values: Any) -> None:
+        if "grid_id" in trial.system_attrs:
+            super().after_trial(study, trial, state, values)
+
+
+def open_study(exp: Experiment, scale: str, seeds: int, storage: str,
+               heartbeat: int | None = HEARTBEAT) -> optuna.Study:
+    """Create or load the grid study of an experiment at a scale (`open_storage`: journal
+    files, SQLite, PostgreSQL; many workers may open a new one at the same moment)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(
-        study_name=study_name(exp, scale), storage=open_storage(storage), direction="maximize",
-        sampler=optuna.samplers.GridSampler(_grid(exp, scale, seeds), seed=0),
+        study_name=study_name(exp, scale), storage=open_storage(storage, heartbeat),
+        direction="maximize",
+        sampler=_PairGrid(_grid(exp, scale, seeds), seed=0),
         load_if_exists=True,
     )
 
@@ -202,29 +221,69 @@ def failed_pairs(study: optuna.Study) -> Counter[tuple[str, int]]:
     return out
 
 
+def _missing(study: optuna.Study, pairs: list[tuple[str, int]]
+             ) -> tuple[list[tuple[str, int]], dict[tuple[str, int], optuna.trial.FrozenTrial]]:
+    """The pairs still to train, and the pairs some worker is training now (with its trial).
+
+    Trials of dead workers are failed first (this machine: by pid; others: by a stale
+    heartbeat), so their pairs are trained again; a pair that failed `MAX_FAILURES` times is not.
+    """
+    fail_dead_trials(study)
+    done = pairs_in_state(study, optuna.trial.TrialState.COMPLETE)
+    busy = {pair: t for t in study.get_trials(deepcopy=False,
+                                              states=(optuna.trial.TrialState.RUNNING,))
+            if (pair := _pair(t)) is not None and pair not in done}
+    failed = failed_pairs(study)
+    todo = [p for p in pairs if p not in done and p not in busy and failed[p] < MAX_FAILURES]
+    return todo, busy
+
+
 def _worker(path: str, scale: str, seeds: int, storage: str, threads: int | None,
-            train_overrides: dict[str, Any], worker: int = 0) -> None:
+            train_overrides: dict[str, Any], heartbeat: int | None = HEARTBEAT,
+            worker: int = 0) -> None:
     exp = load_experiment(path)
-    study = open_study(exp, scale, seeds, storage)
+    study = open_study(exp, scale, seeds, storage, heartbeat)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our log says how each trial ended
     objective = _Objective(exp, scale, seeds, threads, train_overrides, _print)
     pairs = [(r, s) for r in objective.grid["row"] for s in objective.grid["seed"]]
     rng = random.Random(worker)
-    while True:
-        fail_stale_trials(study)  # a no-op without heartbeats
-        done = pairs_in_state(study, optuna.trial.TrialState.COMPLETE)
-        busy = pairs_in_state(study, optuna.trial.TrialState.RUNNING)
-        failed = failed_pairs(study)
-        todo = [p for p in pairs
-                if p not in done and p not in busy and failed[p] < MAX_FAILURES]
-        if not todo:
-            return
-        if len(study.get_trials(deepcopy=False)) >= len(pairs):
-            # Past the grid's first sweep (a failed or killed trial, a grid that grew with
-            # --seeds, a worker that lost a race): ask for a missing pair explicitly.
-            row, seed = rng.choice(todo)
-            study.enqueue_trial({"row": row, "seed": seed})
-        # Otherwise the GridSampler hands out the next unvisited (row, seed) cell.
-        study.optimize(objective, n_trials=1)
+    tag = worker_tag()
+    current: list[optuna.Trial] = []
+
+    def tagged(trial: optuna.Trial) -> float:
+        current[:] = [trial]
+        trial.set_user_attr("worker", tag)  # a trial of a dead worker is told by it
+        return objective(trial)
+
+    waiting: set[int] = set()
+    try:
+        while not STOP.is_set():
+            todo, busy = _missing(study, pairs)
+            if not todo:
+                if not busy:
+                    return
+                # Another worker (maybe on another machine, maybe dead: then its heartbeat goes
+                # stale) trains the last pairs; wait, so that no table is written without them.
+                if {t.number for t in busy.values()} != waiting:
+                    waiting = {t.number for t in busy.values()}
+                    _print(f"[{study.study_name}] waiting for " + ", ".join(
+                        f"trial {t.number} (row {r} seed {s}, worker "
+                        f"{t.user_attrs.get('worker', '?')})" for (r, s), t in busy.items()))
+                time.sleep(WAIT_S)
+                continue
+            if len(study.get_trials(deepcopy=False)) >= len(pairs):
+                # Past the grid's first sweep (a failed or killed trial, a grid that grew with
+                # --seeds, a worker that lost a race): ask for a missing pair explicitly.
+                row, seed = rng.choice(todo)
+                study.enqueue_trial({"row": row, "seed": seed})
+            # Otherwise the GridSampler hands out the next unvisited (row, seed) cell.
+            study.optimize(tagged, n_trials=1)
+    except KeyboardInterrupt:  # SIGINT/SIGTERM (`cvt_nas.common.pool`): leave it resumable
+        if current:
+            with contextlib.suppress(Exception):  # it finished meanwhile
+                study._storage.set_trial_state_values(current[0]._trial_id,
+                                                      state=optuna.trial.TrialState.FAIL)
+        raise
 
 
 def run_experiment(
@@ -236,33 +295,41 @@ def run_experiment(
     n_workers: int = 1,
     threads: int | None = None,
     train_overrides: dict[str, Any] | None = None,
+    heartbeat: int | None = HEARTBEAT,
 ) -> optuna.Study:
     """Train every missing (row, seed) pair of ``exp`` at ``scale``; return the study.
+
+    Workers, signals and dying workers: `cvt_nas.common.pool.run_workers`. A pair whose worker
+    died is trained again; a pair that another (live, or not yet stale) worker trains is waited
+    for. Pairs whose training failed `MAX_FAILURES` times are named on stderr.
 
     Args:
         exp: the experiment (its ``path`` is re-read by worker processes).
         scale: ``reduced`` or ``paper``.
         seeds: seeds 0 .. seeds-1 per row.
-        storage: an Optuna storage URL (``sqlite:///...``) or a journal file path (``.log``).
+        storage: an Optuna storage URL (``sqlite:///...``, ``postgresql+psycopg2://...``) or a
+            journal file path (``.journal``, ``.log``, ``.jsonl``).
         n_workers: processes that share the study (each trains one pair at a time).
         threads: torch threads per worker (None keeps the training config's).
         train_overrides: TrainConfig overrides for every run (e.g. a smaller ``train_subset``).
+        heartbeat: seconds between RDB heartbeats of a running trial (None: off); another
+            machine's dead trial is failed after three missed beats.
     """
     overrides = dict(train_overrides or {})
-    study = open_study(exp, scale, seeds, storage)  # create once, before workers race
-    if n_workers <= 1:
-        _worker(exp.path, scale, seeds, storage, threads, overrides)
-    else:
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker,
-                             args=(exp.path, scale, seeds, storage, threads, overrides, i))
-                 for i in range(n_workers)]
-        for p in procs:
-            p.start()
-            time.sleep(2.0)  # stagger the first trials' storage writes
-        for p in procs:
-            p.join()
-        bad = [p.exitcode for p in procs if p.exitcode]
-        if bad:
-            print(f"warning: {len(bad)} worker(s) exited with {bad}", file=sys.stderr)
+    study = open_study(exp, scale, seeds, storage, heartbeat)  # create once, before workers race
+    grid = _grid(exp, scale, seeds)
+    pairs = [(r, s) for r in grid["row"] for s in grid["seed"]]
+
+    def unfinished() -> bool:
+        todo, busy = _missing(study, pairs)
+        return bool(todo or busy)
+
+    run_workers(_worker, (exp.path, scale, seeds, storage, threads, overrides, heartbeat),
+                n_workers, unfinished=unfinished, label="cvt-nas ablate")
+    done = pairs_in_state(study, optuna.trial.TrialState.COMPLETE)
+    given_up = [p for p in pairs if p not in done]
+    if given_up:
+        print(f"warning: {len(given_up)} (row, seed) pair(s) have no result after "
+              f"{MAX_FAILURES} failed runs each: "
+              + ", ".join(f"{r}/{s}" for r, s in given_up), file=sys.stderr)
     return study

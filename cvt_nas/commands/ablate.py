@@ -26,8 +26,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="print our exact params/MACs next to the paper's (no training); writes "
                         "table.csv/.md only with --out, so trained tables are never overwritten")
     p.add_argument("--out", help="output folder (default: results/ablations/<name>)")
-    p.add_argument("--storage", help="Optuna storage URL or journal file (default: SQLite "
-                   "studies.db next to the output folder, shared by the tables)")
+    p.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql+psycopg2://"
+                   "user@host/db) or a *.journal/.log/.jsonl file (default: $CVT_NAS_STORAGE, "
+                   "else SQLite studies.db next to the output folder, shared by the tables); "
+                   "keep passwords in ~/.pgpass or $CVT_NAS_STORAGE, not on the command line")
     p.add_argument("--n-workers", type=int, default=1, help="parallel worker processes")
     p.add_argument("--threads", type=int, help="torch threads per worker")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
@@ -51,10 +53,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--seeds and --n-workers must be >= 1")
     from cvt_nas.ablation.runner import default_storage, run_experiment
     from cvt_nas.ablation.table import table_records
-    from cvt_nas.common.storage import redact
+    from cvt_nas.common.storage import check_url, redact, resolve_url
     from cvt_nas.results import DEFAULT_OBJECTIVES, read_study, write_outputs
 
-    storage = args.storage or default_storage(out)
+    out.mkdir(parents=True, exist_ok=True)
+    storage, flag = resolve_url(args.storage, default_storage(out))
+    check_url(storage, flag)
     study = run_experiment(exp, args.scale, seeds, storage, n_workers=args.n_workers,
                            threads=args.threads, train_overrides=parse_set(args.set))
     tables = read_study(study)

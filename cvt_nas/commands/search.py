@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: the space's search.trials, else 10)")
     p.add_argument("--study", help="study name (default: the space's name)")
     p.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql+psycopg2://"
-                   "...) or a *.journal file; default: sqlite in the results directory")
+                   "user@host/db) or a *.journal/.log/.jsonl file (default: $CVT_NAS_STORAGE, "
+                   "else sqlite in the results directory); keep passwords in ~/.pgpass or "
+                   "$CVT_NAS_STORAGE, not on the command line")
     p.add_argument("--out", help="results directory (default: results/<study>)")
     p.add_argument("--objectives", help="comma list, e.g. val_top1:max,macs:min,latency:min")
     p.add_argument("--sampler", choices=("nsga2", "tpe", "random", "grid"))
@@ -32,7 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                         "asha"),
                    help="early stopping: median/sha/hyperband (optuna, single objective), "
                         "pareto-sha (optuna, any), asha (ray, on val_top1)")
-    p.add_argument("--seed", type=int, help="sampler seed (worker i uses seed + i)")
+    p.add_argument("--seed", type=int, help="sampler seed: a single run draws the same trials "
+                   "each time; other workers, and runs joining a study that another live "
+                   "worker is on, draw from streams of their own")
     p.add_argument("--population-size", type=int, help="NSGA-II population")
     p.add_argument("--n-workers", type=int, default=1,
                    help="local worker processes on the study (optuna backend)")
@@ -66,25 +68,10 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM (kill, a batch scheduler) ends the search like Ctrl-C.
-
-    The flag stops the worker loop even if the KeyboardInterrupt lands somewhere that swallows
-    it (a garbage-collection callback): then the running trial ends first.
-    """
-    from cvt_nas.search.optuna_backend import STOP
-
-    STOP.set()
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
-    from cvt_nas.search.trial import TrialSettings
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
     from cvt_nas.results.io import check_out_dir
     from cvt_nas.results.objectives import parse_objectives
+    from cvt_nas.search.trial import TrialSettings
     from cvt_nas.space import analyze, load_space
 
     space = load_space(args.space, overrides=parse_set(args.set))
@@ -107,13 +94,14 @@ def run(args: argparse.Namespace) -> int:
         threads = args.threads or max(1, int(args.cpus_per_trial))
     settings = TrialSettings(study=study, backend=args.backend, objectives=dict(objectives),
                              device=args.device, threads=threads)
-    from cvt_nas.common.storage import default_storage_url, redact
+    from cvt_nas.common.storage import check_url, default_storage_url, redact, resolve_url
     from cvt_nas.search.optuna_backend import SearchRun
     from cvt_nas.search.trial import preflight
 
     preflight(space, settings)
 
-    url = args.storage or default_storage_url(out)
+    url, flag = resolve_url(args.storage, default_storage_url(out))
+    check_url(url, flag)
     search = SearchRun(space=space, settings=settings, storage_url=url, trials=trials,
                        sampler=sampler, pruner=pruner, seed=seed,
                        population_size=args.population_size or defaults.get("population_size"),
@@ -131,14 +119,16 @@ def run(args: argparse.Namespace) -> int:
           f"{trials} trials, objectives {objectives}, storage {redact(url)}",
           file=sys.stderr)
     if args.backend == "ray":
+        from cvt_nas.common.pool import stop_on_signals
         from cvt_nas.search.ray_backend import RayOptions, run_ray
 
         if args.n_workers > 1:
             raise ValueError("--n-workers is for the optuna backend; Ray runs as many trials at "
                              "once as --cpus-per-trial / --gpus-per-trial and the cluster allow")
-        run_ray(search, RayOptions(cpus_per_trial=args.cpus_per_trial,
-                                   gpus_per_trial=args.gpus_per_trial, address=args.address),
-                out, meta, progress=not args.quiet)
+        with stop_on_signals():  # SIGTERM ends the driver like Ctrl-C
+            run_ray(search, RayOptions(cpus_per_trial=args.cpus_per_trial,
+                                       gpus_per_trial=args.gpus_per_trial, address=args.address),
+                    out, meta, progress=not args.quiet)
     else:
         if args.address:
             raise ValueError("--address is for --backend ray; the optuna backend shares a "

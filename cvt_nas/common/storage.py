@@ -6,13 +6,21 @@ storages get heartbeats, so a trial whose process died is failed after ``grace``
 parameters retried once (``on_stale``); SQLite waits up to 60 s for a lock; workers that create
 the schema of a new database at the same moment wait for each other instead of failing.
 
-Secrets: a password may be given in the URL, in ``$CVT_NAS_STORAGE`` (so it is not on a command
-line) or in PostgreSQL's own password file (``~/.pgpass``, ``$PGPASSFILE``), which psycopg2
-reads. Every URL we print or write goes through `redact` first.
+Secrets: a password may be given in the URL, in ``$CVT_NAS_STORAGE`` (read when ``--storage`` is
+not given, so the URL is not on a command line) or, better, in PostgreSQL's own password file
+(``~/.pgpass``, or the file ``$PGPASSFILE`` names; mode 0600), which psycopg2 reads: then the URL
+holds no password at all. Every URL we print or write goes through `redact` first, and an opened
+RDB storage pickles without its password (Ray pickles its searcher, and so the storage, into its
+experiment folder).
+
+Dead workers: `fail_dead_trials` fails the RUNNING trials of workers that are gone (this
+machine: by pid, `cvt_nas.common.proc`; other machines: by their stale heartbeat) before anyone
+counts the study, since a dead RUNNING trial still looks busy.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import warnings
@@ -54,6 +62,17 @@ def default_storage_url(out_dir: str | Path) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / DEFAULT_DB}"
 
 
+def resolve_url(arg: str | None, default: str) -> tuple[str, str]:
+    """The storage a command uses and how the user named it (for messages): ``--storage`` when
+    given, else ``$CVT_NAS_STORAGE`` when set, else ``default``."""
+    if arg is not None:
+        return arg, "--storage"
+    env = os.environ.get(STORAGE_ENV)
+    if env:
+        return env, f"${STORAGE_ENV}"
+    return default, "--storage"
+
+
 def is_journal(url: str) -> bool:
     return url.startswith("journal://") or ("://" not in url and url.endswith(JOURNAL_SUFFIXES))
 
@@ -91,8 +110,10 @@ def open_storage(url: str, heartbeat: int | None = 10,
             what to check.
     """
     import optuna
-    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
+
+    from cvt_nas.common._rdb import SecretFreeRDBStorage
 
     url = check_url(url, flag)
     if is_journal(url):
@@ -121,7 +142,7 @@ def open_storage(url: str, heartbeat: int | None = 10,
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, **kwargs)
+                return SecretFreeRDBStorage(url, env=STORAGE_ENV, **kwargs)
         except Exception as exc:  # unreachable server, missing driver, bad URL, schema race
             msg = redact(_first_line(exc))
             if any(m in msg for m in _SCHEMA_RACE) and attempt < 7:
@@ -144,6 +165,39 @@ def fail_stale_trials(study: Any) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def fail_dead_trials(study: Any, on_dead: Callable[[Any, Any], None] | None = None,
+                     only_local: bool = True) -> list[int]:
+    """Fail the RUNNING trials whose worker is gone; returns their numbers.
+
+    Other machines' trials are failed by a stale heartbeat (RDB storages; the storage's
+    ``on_stale`` callback runs for each). This machine's are failed when the process named by
+    their ``worker`` user attr (`cvt_nas.common.proc.worker_tag`) no longer runs, without
+    waiting for a heartbeat, and ``on_dead`` runs for each (e.g. queue the parameters again).
+    Without ``only_local`` every RUNNING or WAITING trial is failed: for a driver that is the
+    study's only user (the Ray backend).
+    """
+    from optuna.trial import TrialState
+
+    from cvt_nas.common.proc import alive
+
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    fail_stale_trials(study)  # a no-op without heartbeats
+    failed = sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                    if t.number in running)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        tag = t.user_attrs.get("worker")
+        if only_local and (t.state != TrialState.RUNNING or tag is None or alive(tag)):
+            continue
+        try:
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        except Exception:  # noqa: BLE001 - finished meanwhile by its own process
+            continue
+        failed.append(t.number)
+        if on_dead is not None and t.state == TrialState.RUNNING:
+            on_dead(study, t)
+    return failed
 
 
 def _first_line(exc: BaseException) -> str:

@@ -17,22 +17,22 @@ or Hyperband pruners on the per-epoch reports. Multi-objective studies cannot (O
 
 from __future__ import annotations
 
-import multiprocessing
+import hashlib
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 
+from cvt_nas.common.pool import STOP, run_workers
 from cvt_nas.search import study as store
+from cvt_nas.search.progress import Progress
 from cvt_nas.search.rungs import promotable, rung_epochs, to_point
 from cvt_nas.search.trial import Gate, Report, TrialSettings, evaluate, worker_tag
 from cvt_nas.space import SearchSpace, SpaceError
 
 OPTUNA_PRUNERS = ("none", "median", "sha", "hyperband", "pareto-sha")
-STOP = threading.Event()  # set (e.g. by a SIGTERM handler) to end the worker loop
 
 
 class TrialFailed(Exception):
@@ -79,6 +79,30 @@ def make_sampler(run: SearchRun, seed: int | None) -> optuna.samplers.BaseSample
     if run.sampler == "grid":
         return optuna.samplers.GridSampler(run.space.grid(), seed=seed)
     raise ValueError(f"--sampler {run.sampler!r}: choose one of nsga2, tpe, random, grid")
+
+
+def stream_seed(seed: int, key: str) -> int:
+    """A sampler seed of its own for one stream of draws: ``seed`` hashed with ``key``."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "big")
+
+
+def sampler_seed(study: optuna.Study, seed: int | None, index: int, tag: str
+                 ) -> tuple[int | None, bool]:
+    """The seed of a worker's sampler, and whether the stream is its own (its worker tag's).
+
+    Two workers seeded alike draw the same trials (here or on another machine sharing the
+    storage), so only the first worker of a single seeded run keeps ``seed`` (reproducible, as
+    before); workers with ``index`` > 0 and any process that joins a study another live worker
+    is on get ``stream_seed(seed, tag)``. A resumed study (trials, but no live worker) gets a
+    stream keyed by its trial count: reproducible, and not a replay of the draws it already
+    has.
+    """
+    if seed is None:
+        return None, True
+    if index > 0 or store.other_live_worker(study, tag):
+        return stream_seed(seed, tag), True
+    done = len(study.get_trials(deepcopy=False))
+    return (stream_seed(seed, f"resume:{done}") if done else seed), False
 
 
 def make_pruner(run: SearchRun) -> optuna.pruners.BasePruner:
@@ -160,11 +184,40 @@ def _replay_curve(run: SearchRun, trial: optuna.Trial, history: list[dict[str, A
 class Objective:
     """The Optuna objective: one trial of `cvt_nas.search.trial.evaluate`, its record stored with it.
 
-    ``surplus`` turns true when a trial found the study already full (another worker raced it).
+    ``surplus`` turns true when a trial found the study already full (another worker raced it);
+    ``current`` is the trial this worker runs (or ran last); ``own_stream`` tells whether its
+    sampler's seed is its own (`sampler_seed`).
     """
 
-    def __init__(self, run: SearchRun, study: optuna.Study) -> None:
+    def __init__(self, run: SearchRun, study: optuna.Study, own_stream: bool = True) -> None:
         self.run, self.study, self.tag, self.surplus = run, study, worker_tag(), False
+        self.current: optuna.Trial | None = None
+        self.own_stream = own_stream
+
+    def _check_stream(self, trial: optuna.Trial) -> None:
+        """Before the first draw: a worker that started at the same moment as another one with
+        the same seed (neither saw the other's trials yet) moves to a stream of its own. Of two
+        such workers the later-numbered trial sees the earlier one."""
+        if self.own_stream or self.run.seed is None:
+            return
+        self.own_stream = True
+        if store.other_live_worker(self.study, self.tag, before=trial.number):
+            self.study.sampler = make_sampler(self.run, stream_seed(self.run.seed, self.tag))
+
+    def abandon(self) -> None:
+        """Leave the study resumable after an interrupt: the trial this worker was running is
+        failed and its parameters are queued again, once (`cvt_nas.search.study.retry_trial`)."""
+        if self.current is None:
+            return
+        storage, trial_id = self.study._storage, self.current._trial_id
+        if storage.get_trial(trial_id).state == optuna.trial.TrialState.RUNNING:
+            try:
+                storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
+            except Exception:  # noqa: BLE001 - it finished meanwhile
+                return
+        frozen = storage.get_trial(trial_id)
+        if frozen.state == optuna.trial.TrialState.FAIL:
+            store.retry_trial(self.study, frozen)
 
     def previous(self, params_sampled: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """The record and history of the first complete trial drawn with these parameters."""
@@ -176,13 +229,15 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> Any:
         run, study = self.run, self.study
+        self.current = trial
+        trial.set_user_attr("worker", self.tag)  # first: a trial of a dead worker is told by it
+        self._check_stream(trial)
         before = sum(1 for t in study.get_trials(deepcopy=False)
                      if t.number < trial.number and store.counts(t))
         if before >= run.trials:
             trial.set_user_attr("surplus", True)
             self.surplus = True
             raise SurplusTrial(f"the study already has {run.trials} trials")
-        trial.set_user_attr("worker", self.tag)
         sample = run.space.sample(trial)
 
         def on_gate(g: Gate, known: dict[str, float]) -> None:
@@ -207,23 +262,36 @@ def run_worker(run: SearchRun, index: int = 0) -> int:
     """Run trials of the study until it holds ``run.trials``; returns how many this one ran."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = store.make_storage(run.storage_url, run.heartbeat)
-    seed = None if run.seed is None else run.seed + index
     study = store.open_study(storage, run.settings.study, run.settings.objectives,
-                             make_sampler(run, seed), make_pruner(run))
+                             pruner=make_pruner(run))
+    store.fail_dead_trials(study)  # a dead worker is not another live one
     objective = Objective(run, study)
+    seed, objective.own_stream = sampler_seed(study, run.seed, index, objective.tag)
+    study.sampler = make_sampler(run, seed)
     ran = 0
-    while not STOP.is_set():
-        # dead trials (this machine: by pid; others: by heartbeat) are failed and their
-        # parameters queued before each count, since a dead RUNNING trial still counts
-        store.fail_dead_trials(study)
-        if store.tally(study).counted >= run.trials:
-            break
-        study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial),
-                       gc_after_trial=True)
-        ran += 1
-        if objective.surplus or (run.sampler == "grid" and _grid_done(study, run)):
-            break
+    try:
+        while not STOP.is_set():
+            # dead trials (this machine: by pid; others: by heartbeat) are failed and their
+            # parameters queued before each count, since a dead RUNNING trial still counts
+            if not _unfinished(study, run):
+                break
+            study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial),
+                           gc_after_trial=True)
+            ran += 1
+            if objective.surplus:
+                break
+    except KeyboardInterrupt:  # SIGINT/SIGTERM (`cvt_nas.common.pool`)
+        objective.abandon()
+        raise
     return ran
+
+
+def _unfinished(study: optuna.Study, run: SearchRun) -> bool:
+    """Does the study still need trials? (Fails dead workers' trials first: they still count.)"""
+    store.fail_dead_trials(study)
+    if store.tally(study).counted >= run.trials:
+        return False
+    return not (run.sampler == "grid" and _grid_done(study, run))
 
 
 def _grid_done(study: optuna.Study, run: SearchRun) -> bool:
@@ -236,10 +304,7 @@ def _grid_done(study: optuna.Study, run: SearchRun) -> bool:
 def _worker_entry(run: SearchRun, index: int) -> None:
     if run.settings.threads:
         os.environ["OMP_NUM_THREADS"] = str(run.settings.threads)
-    try:
-        run_worker(run, index)
-    except KeyboardInterrupt:
-        pass
+    run_worker(run, index)
 
 
 def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[str, Any],
@@ -248,6 +313,7 @@ def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[s
 
     Trials that a killed process left RUNNING on this machine are failed and their parameters
     retried once; on other machines the RDB heartbeat does the same after three missed beats.
+    Workers, signals and dying workers: `cvt_nas.common.pool.run_workers`.
     """
     if run.sampler == "grid":
         size = run.space.size()
@@ -261,28 +327,16 @@ def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[s
                              space=run.space)
     store.fail_dead_trials(study)
     objectives = run.settings.objectives
-    with store.Progress(run.storage_url, run.settings.study, run.trials, objectives, out_dir,
-                        meta, show=progress), store.results_on_exit(study, out_dir, objectives,
-                                                                    meta):
-        if n_workers <= 1:
-            run_worker(run, 0)
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            procs = [ctx.Process(target=_worker_entry, args=(run, i), name=f"cvt-nas-worker-{i}")
-                     for i in range(n_workers)]
-            for p in procs:
-                p.start()
-            try:
-                for p in procs:
-                    p.join()
-            finally:
-                for p in procs:
-                    p.join(timeout=60)
-            bad = [p.exitcode for p in procs if p.exitcode not in (0, None)]
-            if bad:
-                raise RuntimeError(f"{len(bad)} worker process(es) exited with codes {bad}")
+    with Progress(run.storage_url, run.settings.study, run.trials, objectives, out_dir, meta,
+                  show=progress), store.results_on_exit(study, out_dir, objectives, meta):
+        try:
+            run_workers(_worker_entry, (run,), n_workers, label="cvt-nas search",
+                        unfinished=lambda: _unfinished(study, run))
+        finally:
+            store.fail_dead_trials(study)  # workers killed after the stop grace
     return study
 
 
 __all__ = ["OPTUNA_PRUNERS", "SearchRun", "SurplusTrial", "TrialFailed", "Objective",
-           "make_pruner", "make_sampler", "run_search", "run_worker"]
+           "make_pruner", "make_sampler", "run_search", "run_worker", "sampler_seed",
+           "stream_seed"]

@@ -6,6 +6,11 @@ steer away) and keeps the study in the same Optuna storage as the Optuna backend
 resume and the results tables are the same. Ray runs the trials, each calling
 `cvt_nas.search.trial.evaluate`, on a local Ray started on 127.0.0.1 or on a cluster (``--address``).
 
+Secrets: Ray pickles the trainable's parameters, the searcher and the tuner into its object
+store and experiment folder (``tuner.pkl``, ``searcher-state-*.pkl``). Trials do not need the
+storage (the driver records their results), so what Ray gets is the run without its storage URL,
+and the searcher's storage pickles without its password (`cvt_nas.common.storage`).
+
 Early stopping: ``--pruner asha`` runs Ray's ASHA on ``val_top1`` (for multi-objective studies
 too: the costs are known before training, so only accuracy is learned; see
 `cvt_nas.search.rungs` for the trade-off). Every per-epoch report carries the record the trial
@@ -17,12 +22,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from cvt_nas.search import study as store
 from cvt_nas.search.optuna_backend import SearchRun, make_sampler
+from cvt_nas.search.progress import Progress
 from cvt_nas.search.trial import Gate, evaluate, gate, record_extra
 
 RAY_PRUNERS = ("none", "asha")
@@ -207,10 +213,12 @@ def run_ray(run: SearchRun, opts: RayOptions, out_dir: str | Path, meta: dict[st
                 scheduler = ASHAScheduler(metric="val_top1", mode="max", max_t=run.epochs,
                                           grace_period=1, reduction_factor=run.eta)
             resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
-            trainable = tune.with_resources(tune.with_parameters(_trainable, run=run), resources)
+            shipped = replace(run, storage_url="")  # what Ray pickles: no storage URL in it
+            trainable = tune.with_resources(tune.with_parameters(_trainable, run=shipped),
+                                            resources)
             tuner = tune.Tuner(
                 trainable,
-                tune_config=tune.TuneConfig(search_alg=_searcher(run, storage),
+                tune_config=tune.TuneConfig(search_alg=_searcher(shipped, storage),
                                             scheduler=scheduler, num_samples=remaining,
                                             trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(
@@ -218,7 +226,7 @@ def run_ray(run: SearchRun, opts: RayOptions, out_dir: str | Path, meta: dict[st
                     storage_path=str((Path(out_dir) / "ray").resolve()), verbose=0,
                     failure_config=tune.FailureConfig(max_failures=0)),
             )
-            with store.Progress(run.storage_url, run.settings.study, run.trials, objectives,
+            with Progress(run.storage_url, run.settings.study, run.trials, objectives,
                                 out_dir, meta, show=progress):
                 tuner.fit()
         finally:

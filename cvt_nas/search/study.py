@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
 import sys
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,11 +25,14 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from cvt_nas.common.storage import fail_stale_trials, open_storage
+from cvt_nas.common.proc import alive, is_local
+from cvt_nas.common.storage import fail_dead_trials as fail_trials_of_dead_workers
+from cvt_nas.common.storage import open_storage, redact
 from cvt_nas.space import SearchSpace
 from cvt_nas.training.config import get_recipe
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+RECENT_S = 600.0  # another machine's worker that finished a trial this recently may be live
 
 
 def make_storage(url: str, heartbeat: int | None = 10) -> BaseStorage:
@@ -155,56 +155,36 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         system_attrs={"failed_trial": trial.number, "retry_history": [trial.number]}))
 
 
-def _alive(tag: str) -> bool:
-    """Is the worker ``host:pid:start`` (from `cvt_nas.search.trial.worker_tag`) still running?"""
-    host, _, rest = tag.partition(":")
-    pid, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True  # another machine's worker: only its heartbeat can tell
-    if not Path("/proc").is_dir():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            now = fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return False
-    return not start or now == start  # a different start time: the pid was reused
-
-
 def fail_dead_trials(study: optuna.Study, only_local: bool = True) -> list[int]:
-    """Fail RUNNING trials whose worker process is gone and retry their parameters once.
+    """The search's recovery: fail the trials of dead workers (`cvt_nas.common.storage.
+    fail_dead_trials`) and queue each one's parameters again, once (`retry_trial`)."""
+    return fail_trials_of_dead_workers(study, on_dead=retry_trial, only_local=only_local)
 
-    With ``only_local`` a trial is failed only when its worker ran on this machine and is no
-    longer alive (other machines' trials are left to the RDB heartbeat); without it every
-    RUNNING or WAITING trial is failed (for a backend that is the study's only driver).
+
+def other_live_worker(study: optuna.Study, tag: str, before: int | None = None) -> bool:
+    """Does a worker other than ``tag`` work on this study now (so that two workers seeded
+    alike would draw the same trials)? Only trials numbered below ``before`` are looked at.
+
+    Another worker is live when one of its trials is RUNNING (dead workers' trials have been
+    failed first), when it is a process of this machine that still runs, or when it is another
+    machine's and finished a trial within `RECENT_S` (the only sign left of a worker whose
+    trials all finish at once, e.g. over budget).
     """
-    failed = []
-    # Other machines' dead trials: stale heartbeat -> FAIL, and `retry_trial` (the storage's
-    # stale-trial callback) queues their parameters. Done here, before anyone counts the study:
-    # a dead RUNNING trial still counts toward --trials. (A no-op without heartbeats; the
-    # study's storage is Optuna's cache wrapper, not the RDBStorage itself.)
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    fail_stale_trials(study)
-    failed += sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                     if t.number in running)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        tag = t.user_attrs.get("worker")
-        if only_local and (t.state != TrialState.RUNNING or tag is None or _alive(tag)):
+    now = datetime.now()
+    for t in study.get_trials(deepcopy=False):
+        other = t.user_attrs.get("worker")
+        if (before is not None and t.number >= before) or other == tag:
             continue
-        try:
-            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        except Exception:  # noqa: BLE001 - finished meanwhile by its own process
-            continue
-        failed.append(t.number)
         if t.state == TrialState.RUNNING:
-            retry_trial(study, t)
-    return failed
+            return True
+        if other is None:
+            continue
+        if is_local(other):
+            if alive(other):
+                return True
+        elif t.datetime_complete and (now - t.datetime_complete).total_seconds() < RECENT_S:
+            return True
+    return False
 
 
 def collect(study: optuna.Study) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -235,106 +215,5 @@ def results_on_exit(study: optuna.Study, out_dir: str | Path, objectives: dict[s
         try:
             write_results(study, out_dir, objectives, meta)
         except Exception as exc:  # noqa: BLE001 - never hide the block's own error
-            print(f"cvt-nas search: could not write {out_dir}: {exc}", file=sys.stderr)
-
-
-def front_summary(records: list[dict[str, Any]], objectives: dict[str, str], limit: int = 3
-                  ) -> str:
-    """A few points of the current Pareto front, e.g. ``81.2%/12.3M macs``."""
-    from cvt_nas.results import pareto_front, records_frame
-
-    done = [r for r in records if r.get("status") == "complete"]
-    if not done:
-        return "no complete trial yet"
-    front = pareto_front(records_frame(done), objectives)
-    parts = []
-    for _, row in front.head(limit).iterrows():
-        parts.append("/".join(_short(name, row[name]) for name in objectives))
-    more = f" (+{len(front) - limit})" if len(front) > limit else ""
-    return "front " + ", ".join(parts) + more
-
-
-def _short(name: str, value: Any) -> str:
-    if name == "val_top1":
-        return f"{value:.1f}%"
-    if name == "latency":
-        return f"{value:.1f}ms"
-    scale = next((s for s in ((1e9, "G"), (1e6, "M"), (1e3, "k")) if abs(value) >= s[0]),
-                 (1, ""))
-    return f"{value / scale[0]:.3g}{scale[1]} {name}"
-
-
-def _duration(seconds: float) -> str:
-    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
-
-
-class Progress:
-    """A background thread printing a one-line status to stderr and refreshing the results."""
-
-    def __init__(self, storage_url: str, study: str, total: int, objectives: dict[str, str],
-                 out_dir: str | Path, meta: dict[str, Any], every: float = 5.0,
-                 write_every: float = 60.0, show: bool = True) -> None:
-        self.url, self.name, self.total = storage_url, study, total
-        self.objectives, self.out_dir, self.meta = objectives, out_dir, meta
-        self.every, self.write_every, self.show = every, write_every, show
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._last = ""
-        self._start = time.monotonic()
-        self._done_at_start: int | None = None
-
-    def __enter__(self) -> Progress:
-        self._start = time.monotonic()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def line(self, study: optuna.Study) -> str:
-        t = tally(study)
-        records, _ = collect(study)
-        status = ", ".join(f"{k} {v}" for k, v in sorted(t.statuses.items())) or "none yet"
-        return (f"[{self.name}] {t.done}/{self.total} done ({status}), {t.running} running | "
-                f"{front_summary(records, self.objectives)}")
-
-    def timing(self, done: int) -> str:
-        """Elapsed time of this run and, once it finished a trial, a naive estimate of the rest."""
-        if self._done_at_start is None:
-            self._done_at_start = done
-        elapsed = time.monotonic() - self._start
-        text = f"{_duration(elapsed)} elapsed"
-        finished = done - self._done_at_start
-        if finished > 0 and done < self.total:
-            text += f", ~{_duration(elapsed / finished * (self.total - done))} left"
-        return text
-
-    def _run(self) -> None:
-        study = optuna.load_study(study_name=self.name,
-                                  storage=make_storage(self.url, heartbeat=None))
-        self.timing(tally(study).done)  # trials done before this run do not count for the rate
-        last_write = time.monotonic()
-        while True:
-            stopping = self._stop.wait(self.every)
-            try:
-                self._print_if_changed(study)  # once more when stopping: the final count
-                if not stopping and time.monotonic() - last_write > self.write_every:
-                    write_results(study, self.out_dir, self.objectives, self.meta)
-                    last_write = time.monotonic()
-            except Exception as exc:  # noqa: BLE001 - a status line must never stop a search
-                print(f"[{self.name}] progress: {exc}", file=sys.stderr, flush=True)
-            if stopping:
-                return
-
-    def _print_if_changed(self, study: optuna.Study) -> None:
-        text = self.line(study)
-        if self.show and text != self._last:  # a new line only when the study changed
-            print(f"{text} | {self.timing(tally(study).done)}", file=sys.stderr, flush=True)
-            self._last = text
+            print(f"cvt-nas search: could not write {out_dir}: {redact(str(exc))}",
+                  file=sys.stderr)

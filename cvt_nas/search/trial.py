@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cvt_nas.common.proc import worker_tag
 from cvt_nas.model.config import CvTConfig
 from cvt_nas.space import Sample, SearchSpace, Violation, parse_objectives
 from cvt_nas.training.config import TrainConfig
@@ -91,17 +90,6 @@ class Outcome:
     values: list[float] | None = None  # None: the sampler gets no values (pruned, failed)
     gate: Gate | None = None
     reused: bool = False  # the result of an earlier trial with the same parameters
-
-
-def worker_tag() -> str:
-    """``host:pid:start`` of this process, so a restart can tell dead workers' trials apart."""
-    start = ""
-    try:
-        with open(f"/proc/{os.getpid()}/stat") as fh:
-            start = fh.read().rsplit(")", 1)[1].split()[19]
-    except OSError:
-        pass
-    return f"{socket.gethostname()}:{os.getpid()}:{start}"
 
 
 def gate(space: SearchSpace, sample: Sample, settings: TrialSettings) -> Gate:

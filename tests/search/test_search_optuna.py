@@ -22,6 +22,7 @@ from cvt_nas.model.config import CvTConfig
 from cvt_nas.model.cost import analytic_cost
 from cvt_nas.search import study as store
 from cvt_nas.search.optuna_backend import SearchRun, make_pruner
+from cvt_nas.search.progress import Progress, _duration
 from cvt_nas.search.rungs import promotable, rung_epochs
 from cvt_nas.search.trial import TrialSettings
 from cvt_nas.space import load_space
@@ -315,8 +316,8 @@ def test_another_machines_dead_trial_is_failed_and_queued_before_the_study_is_co
 
 
 def test_progress_line_shows_elapsed_time_and_an_estimate_of_the_rest(tmp_path: Path) -> None:
-    assert [store._duration(s) for s in (4.6, 185, 7620)] == ["5 s", "3 min 05 s", "2 h 07 min"]
-    progress = store.Progress("sqlite:///x.db", "s", total=10, objectives={"val_top1": "max"},
+    assert [_duration(s) for s in (4.6, 185, 7620)] == ["5 s", "3 min 05 s", "2 h 07 min"]
+    progress = Progress("sqlite:///x.db", "s", total=10, objectives={"val_top1": "max"},
                               out_dir=tmp_path, meta={}, show=False)
     progress._start -= 60  # this run started a minute ago, when 4 trials were already done
     assert progress.timing(4) == "1 min 00 s elapsed"

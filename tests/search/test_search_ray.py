@@ -1,22 +1,16 @@
-"""`cvt-nas search --backend ray` against a real Ray head on 127.0.0.1 that the test starts."""
+"""`cvt-nas search --backend ray` against a real Ray head on 127.0.0.1 that the test starts
+(the ``ray_head`` fixture, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pandas as pd
-import pytest
 
 from cvt_nas.cli import main
 from cvt_nas.common.storage import default_storage_url
@@ -25,60 +19,6 @@ from cvt_nas.search import study as store
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "data" / "tiny_space.yaml"
-
-
-def _processes_under(path: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if path in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
-@pytest.fixture
-def ray_head(free_port: int) -> Iterator[str]:
-    """``ray start --head`` on a free loopback port with its own temp dir; yields the address.
-
-    Stopped by ending the ``--block`` process we started (which stops the head's processes) and
-    then any process still using our temp dir, by pid: ``ray stop`` would stop every Ray on the
-    machine, including other users' clusters.
-    """
-    ray_exe = Path(sys.executable).parent / "ray"
-    if not ray_exe.exists():
-        pytest.skip("the ray command line is not installed next to this Python")
-    temp = tempfile.mkdtemp(prefix="cvtray-", dir="/tmp")  # short: Ray's socket paths are long
-    port = free_port
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    log = Path(temp) / "head.log"
-    head = subprocess.Popen(
-        [str(ray_exe), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--temp-dir", temp, "--num-cpus", "2", "--include-dashboard", "false", "--block"],
-        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while "Ray runtime started" not in log.read_text():
-            assert head.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)  # the head's own process group (new session)
-        try:
-            head.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        time.sleep(1)
-        for pid in _processes_under(temp):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_ray_search_on_a_real_local_cluster_records_gates_and_resumes(

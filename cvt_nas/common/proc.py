@@ -1,0 +1,72 @@
+"""Which process ran a trial, and is it still running: the worker tag ``host:pid:start``.
+
+A trial stores the tag of the process that runs it. On the same machine a later process can tell
+whether that worker is gone: its pid no longer exists, or the pid now belongs to another process
+(a different start time, read from ``/proc/<pid>/stat``). A worker on another machine cannot be
+checked this way; only the storage's heartbeat tells about it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import NamedTuple
+
+__all__ = ["WorkerTag", "alive", "is_local", "parse_tag", "start_time", "worker_tag"]
+
+
+class WorkerTag(NamedTuple):
+    """The parts of a worker tag (``start`` is empty where ``/proc`` is missing)."""
+
+    host: str
+    pid: int | None
+    start: str
+
+
+def start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (field 22 of
+    ``/proc/<pid>/stat``), or None when there is no such process or no ``/proc``."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            # the command name (field 2) is in parentheses and may hold spaces or ')'
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def worker_tag(pid: int | None = None) -> str:
+    """``host:pid:start`` of this process (or of ``pid``), unique on a machine across pid reuse."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{start_time(pid) or ''}"
+
+
+def parse_tag(tag: str) -> WorkerTag:
+    """Split a tag made by `worker_tag` (a malformed pid reads as None)."""
+    host, _, rest = tag.partition(":")
+    pid, _, start = rest.partition(":")
+    return WorkerTag(host, int(pid) if pid.isdigit() else None, start)
+
+
+def is_local(tag: str) -> bool:
+    """Did the worker named by ``tag`` run on this machine?"""
+    return parse_tag(tag).host == socket.gethostname()
+
+
+def alive(tag: str) -> bool:
+    """Is the worker named by ``tag`` still running? True when it cannot be told (another
+    machine, a malformed tag): only a heartbeat can tell about those."""
+    host, pid, start = parse_tag(tag)
+    if host != socket.gethostname() or pid is None:
+        return True
+    if not os.path.isdir("/proc"):  # not Linux: the pid alone
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    now = start_time(pid)
+    if now is None:
+        return False
+    return not start or now == start  # another start time: the pid was reused

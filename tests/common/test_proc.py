@@ -1,0 +1,56 @@
+"""Worker tags: this machine's dead workers are told apart by pid and start time."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from cvt_nas.common.proc import alive, parse_tag, start_time, worker_tag
+
+
+def test_a_running_process_is_alive_and_a_finished_one_is_not() -> None:
+    me = worker_tag()
+    host, pid, start = parse_tag(me)
+    assert (host, pid) == (socket.gethostname(), os.getpid()) and start.isdigit()
+    assert alive(me)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    tag = worker_tag(child.pid)
+    child.wait()
+    assert not alive(tag)
+    assert start_time(child.pid) is None
+
+
+def test_a_reused_pid_is_not_the_same_worker() -> None:
+    host, pid, start = parse_tag(worker_tag())
+    assert not alive(f"{host}:{pid}:{int(start) + 1}")  # same pid, another start time
+
+
+def test_other_machines_and_malformed_tags_cannot_be_told_dead() -> None:
+    assert alive("elsewhere:1:1")  # only a heartbeat can tell
+    assert alive(f"{socket.gethostname()}:notapid:")
+    assert parse_tag("h:12:") == ("h", 12, "") and parse_tag("h") == ("h", None, "")
+
+
+def test_start_time_survives_a_process_name_with_spaces_and_parentheses() -> None:
+    """The name in /proc/<pid>/stat is free text; the fields after it are found from the last
+    ')'."""
+    code = ("import sys; print(flush=True); sys.stdin.readline(); "
+            "open('/proc/self/comm', 'w').write('a) b (c'); print(flush=True); "
+            "sys.stdin.readline()")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        child.stdout.readline()
+        before = start_time(child.pid)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        child.stdout.readline()  # renamed itself
+        assert "a) b (c" in open(f"/proc/{child.pid}/stat").read()
+        assert before is not None and start_time(child.pid) == before
+        assert alive(worker_tag(child.pid))
+    finally:
+        child.kill()
+        child.wait()

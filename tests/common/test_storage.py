@@ -1,0 +1,153 @@
+"""The one storage opener: URL kinds, one-line errors, passwords never shown, dead workers."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import PostgresServer
+
+from cvt_nas.common._rdb import without_password
+from cvt_nas.common.proc import worker_tag
+from cvt_nas.common.storage import (
+    STORAGE_ENV,
+    StorageError,
+    check_url,
+    fail_dead_trials,
+    open_storage,
+    redact,
+    resolve_url,
+)
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("postgresql+psycopg2://me:s3cret@db:5432/x", "postgresql+psycopg2://me:***@db:5432/x"),
+    ("postgresql://me:p@ss:w@rd@db/x", "postgresql://me:***@db/x"),  # '@' and ':' in it
+    ("postgresql://me:pa/ss@db/x", "postgresql://me:***@db/x"),
+    ("postgresql://me@db/x?password=s3cret&sslmode=require",
+     "postgresql://me@db/x?password=***&sslmode=require"),
+    ("postgresql://me@db/x?sslmode=require&PASSWORD=s3cret", "postgresql://me@db/x?sslmode"
+     "=require&PASSWORD=***"),
+    ("mysql://me:s3cret@db/x", "mysql://me:***@db/x"),
+    ("host=db user=me password=s3cret dbname=x", "host=db user=me password=*** dbname=x"),
+    ("cannot open postgresql://me:s3cret@db/x: refused", "cannot open postgresql://me:***@db/x:"
+     " refused"),
+    ("postgresql://me@db/x", "postgresql://me@db/x"),  # nothing to hide
+    ("sqlite:////tmp/a@b/study.db", "sqlite:////tmp/a@b/study.db"),
+    ("runs/my:study@1.journal", "runs/my:study@1.journal"),
+])
+def test_redact_hides_every_form_of_password(text: str, shown: str) -> None:
+    assert redact(text) == shown
+
+
+def test_storage_comes_from_the_flag_then_the_environment_then_the_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+    assert resolve_url(None, "sqlite:///d.db") == ("sqlite:///d.db", "--storage")
+    monkeypatch.setenv(STORAGE_ENV, "postgresql://me:pw@db/x")
+    assert resolve_url(None, "sqlite:///d.db") == ("postgresql://me:pw@db/x", "$CVT_NAS_STORAGE")
+    assert resolve_url("a.journal", "sqlite:///d.db") == ("a.journal", "--storage")
+
+
+@pytest.mark.parametrize("name", ["s.journal", "s.log", "s.jsonl"])
+def test_journal_files_sqlite_and_their_errors(tmp_path: Path, name: str) -> None:
+    journal = open_storage(str(tmp_path / "sub" / name))
+    assert isinstance(journal, optuna.storages.JournalStorage)
+    optuna.create_study(storage=journal, study_name="s").optimize(lambda t: 1.0, n_trials=1)
+    assert (tmp_path / "sub" / name).stat().st_size > 0
+    db = open_storage(f"sqlite:///{tmp_path / 'x' / 'study.db'}")
+    assert isinstance(db, optuna.storages.RDBStorage) and (tmp_path / "x" / "study.db").exists()
+    (tmp_path / "dir.journal").mkdir()
+    with pytest.raises(StorageError, match="dir.journal: is a directory; name a journal file"):
+        open_storage(str(tmp_path / "dir.journal"))
+
+
+@pytest.mark.parametrize(("url", "fragment"), [
+    ("bogus://x", "--storage 'bogus://x': not a storage URL; give sqlite:///path/study.db"),
+    ("bogus://me:s3cret@x/db", "--storage 'bogus://me:***@x/db': not a storage URL"),
+    ("study.txt", "--storage 'study.txt': not a storage URL"),
+    ("", "--storage: empty"),
+])
+def test_a_bad_storage_is_one_line_naming_it_without_its_password(url: str,
+                                                                  fragment: str) -> None:
+    with pytest.raises(StorageError) as err:
+        check_url(url)
+    text = str(err.value)
+    assert fragment in text and "\n" not in text and "s3cret" not in text
+
+
+def test_an_unreachable_server_is_one_line_without_the_password(free_port: int) -> None:
+    url = f"postgresql+psycopg2://me:p@ss?word@127.0.0.1:{free_port}/db?password=s3cret"
+    with pytest.raises(StorageError) as err:
+        open_storage(url, flag="$CVT_NAS_STORAGE")
+    text = str(err.value)
+    assert text.startswith(f"cannot open Optuna storage postgresql+psycopg2://me:***@127.0.0.1:"
+                           f"{free_port}/db?password=***: ")
+    assert "\n" not in text and "s3cret" not in text and "ss?word" not in text
+
+
+def test_a_pickled_storage_holds_no_password_and_a_pgpass_file_replaces_it(
+        postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray pickles the searcher and its storage into the experiment folder. PostgreSQL's password
+    file lets the URL hold no password at all."""
+    postgres.add_user("alice", "pw-s3cret@x")
+    url = postgres.url("alice", "pw-s3cret%40x")  # '@' URL-encoded in the URL
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
+    storage = open_storage(url, heartbeat=None)
+    optuna.create_study(storage=storage, study_name="s")
+    blob = pickle.dumps(storage)
+    assert b"s3cret" not in blob
+    monkeypatch.setenv(STORAGE_ENV, url)  # unpickled, the full URL comes from the environment
+    assert [s.study_name for s in pickle.loads(blob).get_all_studies()] == ["s"]
+    monkeypatch.delenv(STORAGE_ENV)
+    bare = postgres.url("alice")
+    with pytest.raises(StorageError, match="no password supplied") as err:
+        open_storage(bare, heartbeat=None)
+    assert "\n" not in str(err.value)
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:{postgres.port}:postgres:alice:pw-s3cret@x\n")
+    pgpass.chmod(0o600)  # libpq ignores a password file others can read
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    assert [s.study_name for s in open_storage(bare, heartbeat=None).get_all_studies()] == ["s"]
+    # without $CVT_NAS_STORAGE an unpickled storage connects without a password: the file's
+    assert pickle.loads(blob).url == bare
+
+
+@pytest.mark.parametrize(("url", "kept"), [
+    ("sqlite:////abs/study.db", "sqlite:////abs/study.db"),
+    ("sqlite:///rel/study.db", "sqlite:///rel/study.db"),
+    ("postgresql://me:p@ss/w:rd@db:5432/x?sslmode=require&PWD=1",
+     "postgresql://me@db:5432/x?sslmode=require"),
+    ("postgresql://me@db/x?password=pw", "postgresql://me@db/x"),
+])
+def test_what_a_pickled_storage_keeps_of_its_url(url: str, kept: str) -> None:
+    assert without_password(url) == kept
+
+
+def test_a_dead_local_worker_s_trial_is_failed_a_live_or_remote_one_is_not(
+        tmp_path: Path) -> None:
+    study = optuna.create_study(storage=open_storage(str(tmp_path / "s.journal")))
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = worker_tag(child.pid)
+    child.wait()
+    tags = {"dead": dead, "me": worker_tag(), "remote": "elsewhere:1:1", "untagged": None}
+    trials = {}
+    for name, tag in tags.items():
+        trials[name] = study.ask()
+        if tag is not None:
+            trials[name].set_user_attr("worker", tag)
+    seen: list[int] = []
+    assert fail_dead_trials(study, on_dead=lambda s, t: seen.append(t.number)) == [
+        trials["dead"].number]
+    assert seen == [trials["dead"].number]
+    states = {n: study.trials[t.number].state.name for n, t in trials.items()}
+    assert states == {"dead": "FAIL", "me": "RUNNING", "remote": "RUNNING",
+                      "untagged": "RUNNING"}
+    assert fail_dead_trials(study, only_local=False) == sorted(
+        trials[n].number for n in ("me", "remote", "untagged"))  # the Ray driver's reset
