@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from cvt_nas.model.config import BLOCK_FIELDS, STAGE_FIELDS, CvTConfig
-from cvt_nas.model.cost import analytic_cost
+from cvt_nas.model.cost import Cost, analytic_cost
 
 STATUSES: tuple[str, ...] = ("complete", "pruned", "infeasible", "diverged", "oom", "failed")
 
@@ -153,6 +153,7 @@ def make_record(
     status: str | None = None,
     reason: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    cost: Cost | None = None,
 ) -> dict[str, Any]:
     """One flat, JSON-serializable row describing a trial.
 
@@ -170,6 +171,8 @@ def make_record(
         status: overrides the result's status.
         reason: why the trial ended as it did (e.g. ``"macs 3.1e8 > budget 2e8"``).
         extra: additional columns (e.g. sampler name, ablation row); must not reuse schema names.
+        cost: the analytic cost of ``model_cfg`` when the caller has it (the search's budget
+            gate); params and MACs missing from ``result`` then come from it, not recomputed.
 
     Returns:
         A dict of plain Python values (no NaN: missing values are ``None``).
@@ -190,7 +193,7 @@ def make_record(
     record.update({k: _clean(res.get(k)) for k in _RESULT_FIELDS if k != "error"})
     if record["params"] is None or record["macs"] is None:
         try:
-            cost = analytic_cost(model_cfg, img_size)
+            cost = cost or analytic_cost(model_cfg, img_size)
         except ValueError as exc:  # no tokens left at this size: record why, keep the row
             record["reason"] = "; ".join(x for x in (reason, f"cost: {exc}") if x)
         else:
