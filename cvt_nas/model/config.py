@@ -45,6 +45,27 @@ STAGE_FIELDS: tuple[str, ...] = (
 # Per-stage fields whose stage entry may be a per-block tuple.
 BLOCK_FIELDS: tuple[str, ...] = ("mlp_ratio", "kv_stride")
 
+# Size bounds (inclusive) of integer fields, per stage for per-stage fields. Far past any CvT
+# (CvT-W24 at 384 px: widths up to 1024, 20 blocks in a stage, 16 heads), yet small enough that
+# validating, costing and sampling a config stay instant: an absurd value (a typo, a huge search
+# range) is refused with its bound instead of hanging the cost model.
+LIMITS: dict[str, tuple[int, int]] = {
+    "img_size": (1, 4096),
+    "in_chans": (1, 1024),
+    "num_classes": (1, 100_000),
+    "num_stages": (1, 8),
+    "embed_kernel": (1, 64),
+    "embed_stride": (1, 64),
+    "embed_padding": (0, 64),
+    "embed_dim": (1, 8192),
+    "depth": (1, 64),
+    "num_heads": (1, 256),
+    "qkv_kernel": (1, 63),
+    "q_stride": (1, 64),
+    "kv_stride": (1, 64),
+}
+MAX_MLP_RATIO = 64.0
+
 
 def conv_out(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool = False) -> int:
     """Output length of a convolution or pooling along one axis (PyTorch's formula)."""
@@ -141,7 +162,7 @@ class CvTConfig:
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> CvTConfig:
         """Build from a plain dict; unknown keys are a ValueError naming the key and source."""
         allowed = {f.name for f in fields(cls) if f.name != "extra"}
-        unknown = sorted(set(data) - allowed)
+        unknown = sorted(map(str, set(data) - allowed))
         if unknown:
             raise ValueError(
                 f"{source}: unknown CvTConfig field(s) {unknown}; allowed: {sorted(allowed)}"
@@ -154,7 +175,7 @@ class CvTConfig:
     def replace(self, **overrides: Any) -> CvTConfig:
         """A copy with some fields changed; per-stage fields accept a scalar for every stage."""
         allowed = {f.name for f in fields(self) if f.name != "extra"}
-        unknown = sorted(set(overrides) - allowed)
+        unknown = sorted(map(str, set(overrides) - allowed))
         if unknown:
             raise ValueError(f"unknown CvTConfig field(s) {unknown}; allowed: {sorted(allowed)}")
         expanded = {}
@@ -218,10 +239,20 @@ def _coerce(name: str, v: Any) -> Any:
     return v
 
 
+def _check_limit(key: str, value: Any, where: str = "") -> None:
+    lo, hi = LIMITS[key]
+    if not lo <= value <= hi:
+        loc = f" ({where})" if where else ""
+        raise ValueError(f"field {key!r}{loc}: must be from {lo} to {hi}, got {value!r}")
+
+
 def _validate(cfg: CvTConfig) -> None:
     n = len(cfg.embed_dim)
     if n < 1:
         raise ValueError("field 'embed_dim': at least one stage is required")
+    lo, hi = LIMITS["num_stages"]
+    if n > hi:
+        raise ValueError(f"field 'embed_dim': {n} stages; at most {hi} are supported")
     for name in STAGE_FIELDS:
         length = len(getattr(cfg, name))
         if length != n:
@@ -229,24 +260,25 @@ def _validate(cfg: CvTConfig) -> None:
                 f"field {name!r}: has {length} entries but embed_dim has {n}; "
                 "every per-stage field needs one entry per stage"
             )
-    for key, lo in (("img_size", 1), ("in_chans", 1), ("num_classes", 1)):
+    for key in ("img_size", "in_chans", "num_classes"):
         v = getattr(cfg, key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"field {key!r}: must be an integer >= {lo}, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"field {key!r}: must be an integer, got {v!r}")
+        _check_limit(key, v)
     _check_choice("act", cfg.act, ACTS)
     _check_choice("attn_scale", cfg.attn_scale, ATTN_SCALES)
-    if not 0.0 <= cfg.drop_rate < 1.0:
-        raise ValueError(f"field 'drop_rate': must be in [0, 1), got {cfg.drop_rate!r}")
+    rate = cfg.drop_rate
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate < 1.0:
+        raise ValueError(f"field 'drop_rate': must be a number in [0, 1), got {rate!r}")
+    if not isinstance(cfg.qkv_bias, bool):
+        raise ValueError(f"field 'qkv_bias': expected true/false, got {cfg.qkv_bias!r}")
     for s in range(n):
         where = f"stage {s + 1}"
         _check_choice("embed_type", cfg.embed_type[s], EMBED_TYPES, where)
         _check_choice("proj_method", cfg.proj_method[s], PROJ_METHODS, where)
-        for key in ("embed_kernel", "embed_stride", "embed_dim", "depth", "num_heads",
-                    "qkv_kernel", "q_stride"):
-            if getattr(cfg, key)[s] < 1:
-                raise ValueError(f"field {key!r} ({where}): must be >= 1, got {getattr(cfg, key)[s]}")
-        if cfg.embed_padding[s] < 0:
-            raise ValueError(f"field 'embed_padding' ({where}): must be >= 0")
+        for key in ("embed_kernel", "embed_stride", "embed_padding", "embed_dim", "depth",
+                    "num_heads", "qkv_kernel", "q_stride"):
+            _check_limit(key, getattr(cfg, key)[s], where)
         if cfg.embed_type[s] == "patch" and (
             cfg.embed_kernel[s] != cfg.embed_stride[s] or cfg.embed_padding[s] != 0
         ):
@@ -271,8 +303,11 @@ def _validate(cfg: CvTConfig) -> None:
                     f"is {cfg.depth[s]}"
                 )
             for v in values:
-                if v <= 0:
-                    raise ValueError(f"field {key!r} ({where}): must be > 0, got {v}")
+                if key == "kv_stride":
+                    _check_limit(key, v, where)
+                elif not 0 < v <= MAX_MLP_RATIO:
+                    raise ValueError(f"field {key!r} ({where}): must be > 0 and at most "
+                                     f"{MAX_MLP_RATIO:g}, got {v}")
             if key == "mlp_ratio":
                 for v in values:
                     if int(cfg.embed_dim[s] * v) < 1:

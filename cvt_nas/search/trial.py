@@ -21,8 +21,10 @@ from typing import Any
 
 from cvt_nas.common.proc import worker_tag
 from cvt_nas.model.config import CvTConfig
-from cvt_nas.space import Sample, SearchSpace, Violation, parse_objectives
+from cvt_nas.model.cost import Cost
+from cvt_nas.space import INVALID, Sample, SearchSpace, Violation, parse_objectives
 from cvt_nas.training.config import TrainConfig
+from cvt_nas.training.datasets import adapt_config
 
 Report = Callable[[int, dict[str, Any]], None]
 # What an infeasible trial "scores" for a sampler (never shown as a result): worst accuracy,
@@ -58,13 +60,23 @@ class TrialSettings:
 
 @dataclass(frozen=True)
 class Gate:
-    """The budget gate's verdict on one sample, computed before anything is built."""
+    """The budget gate's verdict on one sample, computed before anything is built.
+
+    ``cost`` is the trial's one analytic cost: the trainer and the record reuse it.
+    """
 
     model: CvTConfig | None  # adapted to the dataset (what would be trained)
     train: TrainConfig | None
-    params: int | None
-    macs: int | None
+    cost: Cost | None  # of ``model`` at the search image size; None without a valid model
     violations: tuple[Violation, ...]
+
+    @property
+    def params(self) -> int | None:
+        return self.cost.params if self.cost is not None else None
+
+    @property
+    def macs(self) -> int | None:
+        return self.cost.macs if self.cost is not None else None
 
     @property
     def feasible(self) -> bool:
@@ -93,12 +105,16 @@ class Outcome:
 
 
 def gate(space: SearchSpace, sample: Sample, settings: TrialSettings) -> Gate:
-    """Adapt the sample to its dataset and check every constraint (no torch model is built)."""
-    if sample.model is None or sample.train is None:
-        return Gate(None, sample.train, None, None,
-                    (Violation("valid", sample.error or "invalid sample", 1.0),))
-    from cvt_nas.training.trainer import adapt_config
+    """Adapt the sample to its dataset, cost it once and check every constraint.
 
+    Torch-free: no model is built and torch is not imported.
+
+    Raises:
+        FileNotFoundError: an image-folder dataset is missing (its classes cannot be counted).
+    """
+    if sample.model is None or sample.train is None:
+        return Gate(None, sample.train, None,
+                    (Violation("valid", sample.error or "invalid sample", INVALID),))
     train = sample.train
     over: dict[str, Any] = {}
     if settings.device is not None:
@@ -110,22 +126,34 @@ def gate(space: SearchSpace, sample: Sample, settings: TrialSettings) -> Gate:
     try:
         model = adapt_config(sample.model, train)
     except ValueError as exc:
-        return Gate(None, train, None, None, (Violation("valid", str(exc), 1.0),))
-    violations = tuple(space.violations(model))
+        return Gate(None, train, None, (Violation("valid", str(exc), INVALID),))
     try:
         cost = space.cost(model)
-    except ValueError:
-        return Gate(model, train, None, None, violations)
-    return Gate(model, train, cost.params, cost.macs, violations)
+    except ValueError as exc:
+        return Gate(model, train, None,
+                    (Violation("valid", f"invalid architecture: {exc}", INVALID),))
+    return Gate(model, train, cost, tuple(space.violations(model, cost=cost)))
 
 
 def preflight(space: SearchSpace, settings: TrialSettings) -> Gate:
-    """Gate one sample before a search starts, so a missing dataset fails at once.
+    """Gate one sample before a search starts, so missing data or a missing device fails at
+    once, not in every trial.
 
     Raises:
         FileNotFoundError: the space's dataset is not where it says.
+        ValueError: the device (``--device`` or the space's ``train.device``) is not on this
+            machine, e.g. ``cuda`` without CUDA.
     """
-    return gate(space, space.random(0), settings)
+    g = gate(space, space.random(0), settings)
+    device = settings.device or (g.train.device if g.train is not None else None)
+    if device not in (None, "cpu", "auto"):
+        from cvt_nas.training.trainer import resolve_device
+
+        try:
+            resolve_device(device)
+        except ValueError as exc:
+            raise ValueError(f"{space.source}: --device / train.device: {exc}") from None
+    return g
 
 
 def measure_latency(cfg: CvTConfig, device: str = "cpu", batch_size: int = 1,
@@ -250,10 +278,11 @@ def evaluate(
             why.append(str(exc) or f"pruned after epoch {epoch}")
             raise
 
-    result = run_trial(sample.model, g.train, report=reporting if report else None)
+    result = run_trial(sample.model, g.train, report=reporting if report else None, cost=g.cost)
     record = make_record(study=settings.study, trial=trial, backend=settings.backend,
                          model_cfg=g.model, train_cfg=g.train, result=result,
-                         reason=result.error or (why[0] if why else None), extra=extra)
+                         reason=result.error or (why[0] if why else None), extra=extra,
+                         cost=g.cost)
     values = None
     if result.status == "complete":
         values = objective_values(record, settings.objectives)

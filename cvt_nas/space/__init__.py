@@ -45,7 +45,6 @@ from __future__ import annotations
 from cvt_nas.results.objectives import OBJECTIVE_NAMES, parse_objectives
 from cvt_nas.space.analysis import SpaceReport, analyze, dist_of, greedy, require_satisfiable
 from cvt_nas.space.parse import (
-    DATASET_SHAPES,
     PRUNERS,
     SAMPLERS,
     apply_overrides,
@@ -68,7 +67,7 @@ from cvt_nas.space.types import (
 )
 
 __all__ = [
-    "DATASET_SHAPES", "INVALID", "OBJECTIVE_NAMES", "PRUNERS", "SAMPLERS", "Budget", "Dist",
+    "INVALID", "OBJECTIVE_NAMES", "PRUNERS", "SAMPLERS", "Budget", "Dist",
     "Entry", "FieldSpec", "FixedSuggest", "RandomSuggest", "Sample", "SearchSpace", "SpaceError",
     "SpaceReport", "Suggest", "Violation", "analyze", "apply_overrides", "dist_of", "greedy",
     "load_space", "order_fields", "parse_number", "parse_objectives", "parse_space",

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from cvt_nas.common.yamlfile import read_yaml
-from cvt_nas.model.config import BLOCK_FIELDS, STAGE_FIELDS, CvTConfig
+from cvt_nas.model.config import BLOCK_FIELDS, LIMITS, MAX_MLP_RATIO, STAGE_FIELDS, CvTConfig
 from cvt_nas.model.presets import PRESETS
 from cvt_nas.results.objectives import parse_objectives
 from cvt_nas.space.analysis import require_satisfiable
 from cvt_nas.space.sampling import SearchSpace
 from cvt_nas.space.types import Budget, Dist, Entry, FieldSpec, SpaceError
-from cvt_nas.training.config import RECIPES, field_names, get_recipe
+from cvt_nas.training.config import DATASETS, RECIPES, field_names, get_recipe
+from cvt_nas.training.datasets import adapt_config
 
 TOP_KEYS = ("name", "description", "base", "model", "train", "constraints", "search")
 DIST_KINDS = ("choice", "int", "float")
@@ -27,9 +28,10 @@ BUDGET_KEYS = ("max_params", "max_macs", "min_params", "min_macs", "nondecreasin
 SEARCH_KEYS = ("trials", "objectives", "sampler", "pruner", "seed", "population_size")
 MODEL_FIELDS = tuple(f.name for f in fields(CvTConfig) if f.name not in ("extra", "img_size"))
 DERIVED_FIELDS = ("head_dim",)
-# (channels, classes) of the built-in datasets, so costs at load time match the trained model.
-DATASET_SHAPES = {"fashion-mnist": (1, 10), "mnist": (1, 10), "cifar10": (3, 10),
-                  "cifar100": (3, 100)}
+# Bounds of the values a model field may take (CvTConfig's size limits, and head_dim's).
+FIELD_LIMITS: dict[str, tuple[float, float]] = {
+    **LIMITS, "head_dim": (1, LIMITS["embed_dim"][1]), "mlp_ratio": (0.0, MAX_MLP_RATIO)}
+MAX_INT = 2**53  # int range bounds beyond this lose precision in samplers (floats)
 _INT_MODEL = {"embed_kernel", "embed_stride", "embed_padding", "embed_dim", "depth", "num_heads",
               "qkv_kernel", "q_stride", "kv_stride", "in_chans", "num_classes", "head_dim"}
 _SUFFIX = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
@@ -107,16 +109,15 @@ def parse_space(data: Any, source: str = "space", default_name: str = "space",
                              "computed at one image size for one dataset)")
     default_train = get_recipe(recipe, **fixed_train)
     img_size = default_train.img_size or base.img_size
-    shape = DATASET_SHAPES.get(default_train.dataset)
-    over: dict[str, Any] = {"img_size": img_size}
-    if shape is not None:
-        chans = 3 if default_train.channels == "repeat" else shape[0]
-        over.update(in_chans=chans, num_classes=shape[1])
     try:
-        base = base.replace(**over)
+        # A built-in dataset's shape is known without its data, so costs budgeted from here on
+        # are those of the trained model. An image folder's classes are counted when a trial is
+        # gated: the folder need not exist to load, analyse or check the space.
+        base = (adapt_config(base, default_train) if default_train.dataset in DATASETS
+                else base.replace(img_size=img_size))
     except ValueError as exc:
-        raise SpaceError(f"{source}: base: invalid at the search image size {img_size}: "
-                         f"{exc}") from None
+        raise SpaceError(f"{source}: base: does not fit the training data "
+                         f"({default_train.dataset} at img_size {img_size}): {exc}") from None
     model_data = _section(data, "model", source)
     _unknown(model_data, (*MODEL_FIELDS, *DERIVED_FIELDS), source, "model.",
              hint="img_size comes from train.img_size" if "img_size" in model_data else "")
@@ -231,6 +232,9 @@ def _parse_dist(raw: dict[str, Any], key: str, source: str, kind_of_field: str
             raise SpaceError(f"{source}: {key}: an int range does not fit a {kind_of_field} "
                              "field; use choice")
         low, high = (int(parse_number(b, f"{key}.int", source, integer=True)) for b in bounds)
+        if max(abs(low), abs(high)) > MAX_INT:
+            raise SpaceError(f"{source}: {key}.int: bounds must be within +-2**53, got "
+                             f"{bounds!r}")
         step = int(parse_number(raw.get("step", 1), f"{key}.step", source, integer=True))
         if step < 1:
             raise SpaceError(f"{source}: {key}.step: must be >= 1, got {step}")
@@ -294,6 +298,8 @@ def _parse_model_field(name: str, value: Any, n_stages: int, source: str) -> Fie
     def entry(v: Any, where: str, in_list: bool) -> Entry:
         if isinstance(v, dict):
             dist, per = _parse_dist(v, where, source, kind)
+            ends = list(dist.choices) if dist.kind == "choice" else [dist.low, dist.high]
+            _check_limits(name, ends, f"{where}.{dist.kind}", source)
             if per == "block" and name not in BLOCK_FIELDS:
                 raise SpaceError(f"{source}: {where}.per: block draws are only possible for "
                                  f"{list(BLOCK_FIELDS)}")
@@ -313,8 +319,10 @@ def _parse_model_field(name: str, value: Any, n_stages: int, source: str) -> Fie
                                  + ("" if per_stage else f"; {name} is a single value"))
             for x in v:
                 _check_type(x, kind, where, source)
+            _check_limits(name, v, where, source)
             return Entry(fixed=tuple(v))
         _check_type(v, kind, where, source)
+        _check_limits(name, [v], where, source)
         return Entry(fixed=v)
 
     if isinstance(value, list) and per_stage:
@@ -327,6 +335,19 @@ def _parse_model_field(name: str, value: Any, n_stages: int, source: str) -> Fie
     if e.dist is not None and per_stage and isinstance(value, dict) and value.get("per") == "stage":
         return FieldSpec(name, tied=False, entries=(e,) * n_stages, per_stage=True)
     return FieldSpec(name, tied=True, entries=(e,), per_stage=per_stage)
+
+
+def _check_limits(name: str, values: list[Any], where: str, source: str) -> None:
+    """Refuse values of a model field outside its bounds (`FIELD_LIMITS`), e.g. a depth range
+    up to 10**8, at load time rather than in every sample."""
+    if name not in FIELD_LIMITS:
+        return
+    lo, hi = FIELD_LIMITS[name]
+    for v in values:
+        for x in (v if isinstance(v, list | tuple) else [v]):
+            if isinstance(x, int | float) and not isinstance(x, bool) and not lo <= x <= hi:
+                raise SpaceError(f"{source}: {where}: {x!r} is out of range for {name} "
+                                 f"(allowed: {lo:g} to {hi:g})")
 
 
 def _parse_train_field(name: str, value: Any, recipe: str, source: str) -> FieldSpec:

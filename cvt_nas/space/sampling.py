@@ -13,6 +13,7 @@ from cvt_nas.model.cost import Cost, analytic_cost
 from cvt_nas.space.types import (
     INVALID,
     Budget,
+    Dist,
     Entry,
     FieldSpec,
     Sample,
@@ -89,15 +90,22 @@ class SearchSpace:
         """Exact params and MACs of ``cfg`` at the search image size."""
         return analytic_cost(cfg, self.img_size)
 
-    def violations(self, sample_or_cfg: Sample | CvTConfig) -> list[Violation]:
-        """Every broken constraint of a sample or config (empty when it may be trained)."""
+    def violations(self, sample_or_cfg: Sample | CvTConfig, *, cost: Cost | None = None
+                   ) -> list[Violation]:
+        """Every broken constraint of a sample or config (empty when it may be trained).
+
+        Args:
+            sample_or_cfg: what to check.
+            cost: its cost from `cost` when the caller has it (the budget gate), so it is
+                computed once per trial; computed here when None.
+        """
         if isinstance(sample_or_cfg, Sample):
             if sample_or_cfg.model is None:
                 return [Violation("valid", sample_or_cfg.error or "invalid", INVALID)]
             cfg = sample_or_cfg.model
         else:
             cfg = sample_or_cfg
-        return _check_budget(self.budget, cfg, self.img_size)
+        return _check_budget(self.budget, cfg, self.img_size, cost)
 
     def constraints(self, sample_or_cfg: Sample | CvTConfig) -> list[str]:
         """Messages of every broken constraint (empty when it may be trained)."""
@@ -109,26 +117,37 @@ class SearchSpace:
         """The full grid ``{param: values}`` for grid search.
 
         Raises:
-            SpaceError: a continuous range, or per-block parameters whose number depends on a
-                sampled depth.
+            SpaceError: a continuous range, a range of more than `MAX_VALUES` values, or
+                per-block parameters whose number depends on a sampled depth.
         """
+        out: dict[str, list[Any]] = {}
+        for name, dist, key in self._grid_params():
+            try:
+                vals = dist.values()
+            except ValueError as exc:
+                raise SpaceError(f"{self.source}: {key}: grid search over {exc}; narrow the "
+                                 "range or use another sampler") from None
+            if vals is None:
+                raise SpaceError(f"{self.source}: {key}: grid search needs a finite set of "
+                                 "values; give the float range a step or use choice")
+            out[name] = vals
+        return out
+
+    def _grid_params(self) -> list[tuple[str, Dist, str]]:
+        """(parameter name, distribution, space key) of every sampled parameter, for a grid."""
         depth_spec = next((s for s in self.model if s.name == "depth"), None)
         dynamic = depth_spec is not None and depth_spec.sampled
-        out: dict[str, list[Any]] = {}
+        out = []
         for spec in (*self.model, *self.train):
             for s, entry in enumerate(spec.entries):
                 if entry.dist is None:
                     continue
-                vals = entry.dist.values()
-                if vals is None:
-                    raise SpaceError(f"{self.source}: {_key(spec, s)}: grid search needs a finite "
-                                     "set of values; give the float range a step or use choice")
                 if entry.per_block and dynamic:
                     raise SpaceError(f"{self.source}: {_key(spec, s)}: grid search needs a fixed "
                                      "set of parameters, but per-block draws depend on the sampled "
                                      "depth; fix depth or use another sampler")
                 for name in _names(spec, s, self._static_depth(), self.base.num_stages):
-                    out[name] = vals
+                    out.append((name, entry.dist, _key(spec, s)))
         return out
 
     def _static_depth(self) -> tuple[int, ...]:
@@ -139,11 +158,13 @@ class SearchSpace:
         return tuple(spec.entries[0 if spec.tied else i].fixed for i in range(n))
 
     def size(self) -> int | None:
-        """Number of distinct parameter combinations (None if infinite or depth-dependent)."""
+        """Number of distinct parameter combinations (None if infinite or depth-dependent);
+        counted, not listed, so a huge space costs nothing."""
         try:
-            return math.prod(len(v) for v in self.grid().values())
+            counts = [dist.count() for _, dist, _ in self._grid_params()]
         except SpaceError:
             return None
+        return None if None in counts else math.prod(c for c in counts if c is not None)
 
 
 # -- suggest objects -------------------------------------------------------------------------
@@ -244,12 +265,14 @@ def _draw(spec: FieldSpec, s: Suggest, params: dict[str, Any], n_stages: int,
     return tuple(out)
 
 
-def _check_budget(b: Budget, cfg: CvTConfig, img_size: int) -> list[Violation]:
+def _check_budget(b: Budget, cfg: CvTConfig, img_size: int, cost: Cost | None
+                  ) -> list[Violation]:
     out: list[Violation] = []
-    try:
-        cost = analytic_cost(cfg, img_size)
-    except ValueError as exc:
-        return [Violation("valid", f"invalid architecture: {exc}", INVALID)]
+    if cost is None:
+        try:
+            cost = analytic_cost(cfg, img_size)
+        except ValueError as exc:
+            return [Violation("valid", f"invalid architecture: {exc}", INVALID)]
     for key, value, bound, upper in (
         ("max_params", cost.params, b.max_params, True), ("max_macs", cost.macs, b.max_macs, True),
         ("min_params", cost.params, b.min_params, False),

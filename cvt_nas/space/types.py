@@ -11,6 +11,7 @@ from cvt_nas.model.config import CvTConfig
 from cvt_nas.training.config import TrainConfig
 
 INVALID = 1.0  # the constraint violation reported for an invalid architecture
+MAX_VALUES = 1_000_000  # the most values `Dist.values` lists (and grid search enumerates)
 
 
 class SpaceError(ValueError):
@@ -60,21 +61,40 @@ class Dist:
         """The config value of a raw sampler value."""
         return json.loads(raw) if self.encoded and isinstance(raw, str) else raw
 
+    def count(self) -> int | None:
+        """How many values the distribution holds (None for a continuous range), computed
+        without listing them, so a huge range costs nothing."""
+        if self.kind == "choice":
+            return len(self.choices)
+        if self.kind == "int":
+            return (int(self.high) - int(self.low)) // int(self.step or 1) + 1
+        if self.step is None:
+            return None
+        return int(round((self.high - self.low) / self.step)) + 1
+
     def values(self) -> list[Any] | None:
-        """Every raw value, for grid search; None for a continuous range."""
+        """Every raw value, for grid search; None for a continuous range.
+
+        Raises:
+            ValueError: more than `MAX_VALUES` values (listing them would not finish).
+        """
+        n = self.count()
+        if n is None:
+            return None
+        if n > MAX_VALUES:
+            raise ValueError(f"{n:,} values, more than the {MAX_VALUES:,} a grid can list")
         if self.kind == "choice":
             return self.sampler_choices()
         if self.kind == "int":
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
-        if self.step is None:
-            return None
-        n = int(round((self.high - self.low) / self.step))
-        return [self.low + i * self.step for i in range(n + 1)]
+        assert self.step is not None
+        return [self.low + i * self.step for i in range(n)]
 
     def corners(self) -> list[Any]:
         """A few representative values (ends and middle) for the greedy extremes search."""
-        vals = self.values()
-        if vals is not None and len(vals) <= 16:
+        n = self.count()
+        vals = self.values() if n is not None and n <= 16 else None
+        if vals is not None:
             return vals
         mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
         if self.kind == "int":

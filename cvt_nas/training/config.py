@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from cvt_nas.common.yamlfile import read_yaml
+from cvt_nas.model.config import LIMITS
+from cvt_nas.training.datasets import BUILTIN, FOLDER_PREFIX
+from cvt_nas.training.seeds import MAX_SEED
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 CHANNELS = ("native", "repeat")
 RESIZES = ("pad", "interpolate")
-DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100")  # plus "imagefolder:PATH"
+DATASETS = tuple(BUILTIN)  # plus "imagefolder:PATH"
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,7 @@ class TrainConfig:
     def from_dict(cls, data: Mapping[str, Any], source: str = "train config") -> TrainConfig:
         """Build from a plain dict; unknown keys are a ValueError naming the key and source."""
         allowed = field_names()
-        unknown = sorted(set(data) - set(allowed))
+        unknown = sorted(map(str, set(data) - set(allowed)))
         if unknown:
             raise ValueError(
                 f"{source}: unknown TrainConfig field(s) {unknown}; allowed: {sorted(allowed)}"
@@ -146,7 +149,7 @@ class TrainConfig:
     def replace(self, **overrides: Any) -> TrainConfig:
         """A copy with some fields changed (validated; unknown fields are a ValueError)."""
         allowed = field_names()
-        unknown = sorted(set(overrides) - set(allowed))
+        unknown = sorted(map(str, set(overrides) - set(allowed)))
         if unknown:
             raise ValueError(f"unknown TrainConfig field(s) {unknown}; allowed: {sorted(allowed)}")
         return dataclasses.replace(self, **overrides)
@@ -229,7 +232,8 @@ def _is_num(v: Any) -> bool:
 
 def _validate(c: TrainConfig) -> None:
     if not isinstance(c.dataset, str) or not (
-        c.dataset in DATASETS or (c.dataset.startswith("imagefolder:") and len(c.dataset) > 12)
+        c.dataset in DATASETS
+        or (c.dataset.startswith(FOLDER_PREFIX) and len(c.dataset) > len(FOLDER_PREFIX))
     ):
         _fail("dataset", c.dataset, f"must be one of {list(DATASETS)} or 'imagefolder:PATH'")
     if c.data_root is not None and not isinstance(c.data_root, str):
@@ -237,18 +241,20 @@ def _validate(c: TrainConfig) -> None:
     for name in ("download", "eval_test", "channels_last"):
         if not isinstance(getattr(c, name), bool):
             _fail(name, getattr(c, name), "must be true or false")
-    for name, lo, optional in (
-        ("img_size", 1, True), ("epochs", 1, False), ("batch_size", 1, False),
-        ("eval_batch_size", 1, True), ("train_subset", 1, True), ("test_subset", 1, True),
-        ("shift", 0, False),
-        ("threads", 0, True), ("num_workers", 0, False), ("seed", 0, False),
-        ("split_seed", 0, False),
+    img_lo, img_hi = LIMITS["img_size"]
+    for name, lo, hi, optional in (
+        ("img_size", img_lo, img_hi, True), ("epochs", 1, None, False),
+        ("batch_size", 1, None, False), ("eval_batch_size", 1, None, True),
+        ("train_subset", 1, None, True), ("test_subset", 1, None, True),
+        ("shift", 0, None, False), ("threads", 0, None, True), ("num_workers", 0, None, False),
+        ("seed", 0, MAX_SEED, False), ("split_seed", 0, MAX_SEED, False),
     ):
         v = getattr(c, name)
         if v is None and optional:
             continue
-        if not _is_int(v) or v < lo:
-            _fail(name, v, f"must be an integer >= {lo}" + (" or null" if optional else ""))
+        if not _is_int(v) or v < lo or (hi is not None and v > hi):
+            rule = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
+            _fail(name, v, f"must be {rule}" + (" or null" if optional else ""))
     for name, choices in (("resize", RESIZES), ("channels", CHANNELS), ("precision", PRECISIONS)):
         if getattr(c, name) not in choices:
             _fail(name, getattr(c, name), f"must be one of {list(choices)}")
@@ -257,7 +263,7 @@ def _validate(c: TrainConfig) -> None:
         ("random_erasing", 0.0, 1.0, False), ("hflip", 0.0, 1.0, False),
     ):
         v = getattr(c, name)
-        if not _is_num(v) or v < low or (v >= high if high_open else v > high):
+        if not _is_num(v) or not (low <= v and (v < high if high_open else v <= high)):
             _fail(name, v, f"must be a number in [{low}, {high}{')' if high_open else ']'}")
     for name in ("lr", "min_lr", "warmup_lr", "weight_decay", "warmup_epochs", "mixup", "cutmix"):
         v = getattr(c, name)
@@ -265,8 +271,10 @@ def _validate(c: TrainConfig) -> None:
             _fail(name, v, "must be a finite number >= 0")
     if c.lr <= 0:
         _fail("lr", c.lr, "must be > 0")
-    if c.clip_grad is not None and (not _is_num(c.clip_grad) or c.clip_grad <= 0):
-        _fail("clip_grad", c.clip_grad, "must be a number > 0 or null")
+    if c.clip_grad is not None and (
+        not _is_num(c.clip_grad) or not 0 < c.clip_grad < float("inf")
+    ):
+        _fail("clip_grad", c.clip_grad, "must be a finite number > 0 or null")
     if c.randaugment is not None and (
         not isinstance(c.randaugment, str) or not c.randaugment.startswith("rand")
     ):
@@ -280,6 +288,7 @@ def _validate(c: TrainConfig) -> None:
         if not values or any(not _is_num(v) or not 0.0 <= v < 1.0 for v in values):
             _fail("drop_path", dp, "must be a rate in [0, 1), a list of per-stage rates, or null")
     if not isinstance(c.device, str) or not (
-        c.device in ("auto", "cpu", "cuda", "mps") or c.device.startswith("cuda:")
+        c.device in ("auto", "cpu", "cuda", "mps")
+        or (c.device.startswith("cuda:") and c.device[5:].isdigit() and c.device[5:].isascii())
     ):
         _fail("device", c.device, "must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")

@@ -27,6 +27,13 @@ import torch
 
 from cvt_nas.training.augment import TensorAugment
 from cvt_nas.training.config import TrainConfig
+from cvt_nas.training.datasets import (
+    FOLDER_PREFIX,
+    DatasetInfo,
+    dataset_info,
+    folder_classes,
+)
+from cvt_nas.training.seeds import epoch_seed
 
 DEBIAN_DIRS = {
     "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
@@ -38,31 +45,6 @@ _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model needs to know about a dataset before any image is decoded."""
-
-    name: str
-    channels: int
-    num_classes: int
-    img_size: int | None  # native size; None for folders (any size)
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-_INFO = {
-    "fashion-mnist": DatasetInfo("fashion-mnist", 1, 10, 28, (0.2860,), (0.3530,)),
-    "mnist": DatasetInfo("mnist", 1, 10, 28, (0.1307,), (0.3081,)),
-    "cifar10": DatasetInfo(
-        "cifar10", 3, 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-    ),
-    "cifar100": DatasetInfo(
-        "cifar100", 3, 100, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-    ),
-}
-_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -95,19 +77,6 @@ def default_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "cvt-nas" / "data"
 
 
-def dataset_info(name: str, root: str | None = None) -> DatasetInfo:
-    """Channels, classes, native size and normalization of a dataset, without decoding it."""
-    if name.startswith("imagefolder:"):
-        path = Path(name.split(":", 1)[1]).expanduser()
-        classes = _folder_classes(path / "train", name)
-        return DatasetInfo(name, 3, len(classes), None, _IMAGENET_MEAN, _IMAGENET_STD)
-    if name not in _INFO:
-        raise ValueError(
-            f"unknown dataset {name!r}; choose one of {list(_INFO)} or 'imagefolder:PATH'"
-        )
-    return _INFO[name]
-
-
 def load_dataset(
     name: str, root: str | None = None, download: bool = False
 ) -> TensorData | FolderData:
@@ -129,7 +98,7 @@ def clear_cache() -> None:
 def _load_cached(
     name: str, root: str | None, env_root: str | None, download: bool
 ) -> TensorData | FolderData:
-    if name.startswith("imagefolder:"):
+    if name.startswith(FOLDER_PREFIX):
         return _load_folder(name)
     info = dataset_info(name)
     if name in ("fashion-mnist", "mnist"):
@@ -277,25 +246,13 @@ def _missing_message(name: str, tried: list[Path]) -> str:
 # -- image folders ----------------------------------------------------------------------------
 
 
-def _folder_classes(directory: Path, name: str) -> list[str]:
-    if not directory.is_dir():
-        raise FileNotFoundError(
-            f"dataset {name!r}: {directory} is not a directory; 'imagefolder:PATH' needs "
-            "PATH/train/<class>/*.jpg and PATH/val/<class>/*.jpg (the ImageNet/Imagenette layout)"
-        )
-    classes = sorted(e.name for e in os.scandir(directory) if e.is_dir())
-    if not classes:
-        raise FileNotFoundError(f"dataset {name!r}: {directory} has no class folders")
-    return classes
-
-
 def _load_folder(name: str) -> FolderData:
     from torchvision.datasets import ImageFolder
 
-    path = Path(name.split(":", 1)[1]).expanduser()
+    path = Path(name.removeprefix(FOLDER_PREFIX)).expanduser()
     info = dataset_info(name)
-    classes = _folder_classes(path / "train", name)
-    test_classes = _folder_classes(path / "val", name)
+    classes = folder_classes(path / "train", name)
+    test_classes = folder_classes(path / "val", name)
     if test_classes != classes:
         raise ValueError(
             f"dataset {name!r}: {path / 'val'} has classes {test_classes[:5]}... that differ "
@@ -417,8 +374,9 @@ class TrialData:
         if not isinstance(self.data, TensorData):
             yield from self._folder_train(epoch, seed)
             return
-        gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
-        aug_gen = torch.Generator(device=self.device).manual_seed(_epoch_seed(seed, epoch) + 1)
+        batch_seed = epoch_seed(seed, epoch, "batches")
+        gen = torch.Generator().manual_seed(batch_seed)
+        aug_gen = torch.Generator(device=self.device).manual_seed(batch_seed + 1)
         x, y = self._train
         perm = torch.randperm(len(x), generator=gen).to(self.device)
         b = self.cfg.batch_size
@@ -467,7 +425,7 @@ class TrialData:
         )
 
     def _folder_train(self, epoch: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+        gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, "batches"))
         loader = self._loader("train", self.cfg.batch_size, shuffle=True, generator=gen,
                               drop_last=self.drop_last)
         for x, y in loader:
@@ -481,6 +439,3 @@ class TrialData:
         fmt = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
         return x.to(self.device, non_blocking=True, memory_format=fmt)
 
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)

@@ -23,14 +23,17 @@ import torch
 from torch import nn
 
 from cvt_nas.model.config import CvTConfig
-from cvt_nas.model.cost import analytic_cost
+from cvt_nas.model.cost import Cost, analytic_cost
 from cvt_nas.training.augment import seed_all
 from cvt_nas.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from cvt_nas.training.config import TrainConfig
-from cvt_nas.training.data import TrialData, dataset_info
+from cvt_nas.training.data import TrialData
+from cvt_nas.training.datasets import adapt_config
+from cvt_nas.training.seeds import epoch_seed
 
 Report = Callable[[int, dict[str, Any]], None]
 
+# adapt_config lives in cvt_nas.training.datasets (torch-free); re-exported for old imports.
 __all__ = ["TrialPruned", "TrialResult", "adapt_config", "resolve_device", "run_trial"]
 
 
@@ -68,31 +71,27 @@ class TrialResult:
         return asdict(self)
 
 
-def adapt_config(model_cfg: CvTConfig, train_cfg: TrainConfig) -> CvTConfig:
-    """The model config a trial actually builds: ``in_chans`` and ``num_classes`` from the
-    dataset, ``img_size`` (and a ``drop_path`` override) from the training config.
-
-    Costs of a trial are computed on this config, so they match what is trained.
-    """
-    info = dataset_info(train_cfg.dataset, train_cfg.data_root)
-    overrides: dict[str, Any] = {
-        "in_chans": 3 if train_cfg.channels == "repeat" else info.channels,
-        "num_classes": info.num_classes,
-    }
-    if train_cfg.img_size is not None:
-        overrides["img_size"] = train_cfg.img_size
-    if train_cfg.drop_path is not None:
-        overrides["drop_path"] = train_cfg.drop_path
-    return model_cfg.replace(**overrides)
-
-
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
+    """``auto`` -> cuda when available, else cpu; any other device must exist on this machine.
+
+    Raises:
+        ValueError: a CUDA device (or index) or MPS that this machine does not have, so a run
+            stops before its first trial instead of failing every trial.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"field 'device': {name!r} requested but CUDA is not available")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {name!r}: CUDA is not available on this machine; use "
+                             "device cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS is not available on this machine; use device "
+                         "cpu or auto")
     return device
 
 
@@ -102,6 +101,8 @@ def run_trial(
     report: Report | None = None,
     checkpoint_dir: str | Path | None = None,
     progress: bool = False,
+    *,
+    cost: Cost | None = None,
 ) -> TrialResult:
     """Build the model, train ``train_cfg.epochs`` epochs, evaluate after each, return the result.
 
@@ -113,6 +114,8 @@ def run_trial(
             `TrialPruned` in it to stop the trial.
         checkpoint_dir: save ``last.pt`` there after every epoch and resume from it if present.
         progress: show a tqdm bar per epoch (for the command line).
+        cost: the analytic cost of the adapted config when the caller has it already (the
+            search's budget gate); computed here when None.
     """
     start = time.perf_counter()
     if train_cfg.threads:
@@ -124,7 +127,8 @@ def run_trial(
     )
     try:
         cfg = adapt_config(model_cfg, train_cfg)
-        cost = analytic_cost(cfg)
+        if cost is None or cost.img_size != cfg.img_size:
+            cost = analytic_cost(cfg)
         result.params, result.macs = cost.params, cost.macs
         _Trial(cfg, train_cfg, result, checkpoint_dir, progress).run(report)
         result.status = "complete"
@@ -177,7 +181,7 @@ class _Trial:
     def run(self, report: Report | None) -> None:
         first = self._resume() + 1
         for epoch in range(first, self.tcfg.epochs + 1):
-            seed_all(_seed(self.tcfg.seed, epoch))
+            seed_all(epoch_seed(self.tcfg.seed, epoch, "weights"))
             train_loss, images, seconds, lr = self.train_epoch(epoch)
             metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
             metrics.update(self.evaluate("val") if self.data.num_val else
@@ -296,10 +300,6 @@ class _Trial:
         for metrics in state["history"]:
             self._record(dict(metrics))
         return int(state["epoch"])
-
-
-def _seed(seed: int, epoch: int) -> int:
-    return seed * 1_000_003 + epoch
 
 
 def lr_at(step: int, steps_per_epoch: int, tcfg: TrainConfig) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cvt_nas.model.config import CvTConfig
+from cvt_nas.model.config import LIMITS, CvTConfig
 from cvt_nas.model.presets import CVT_13, PRESETS
 
 
@@ -50,7 +50,19 @@ def test_replace_scalar_sets_every_stage() -> None:
         ({"embed_type": ("patch", "conv", "conv")}, ["patch", "embed_kernel == embed_stride"]),
         ({"proj_method": ("linear", "dw_bn", "dw_bn")}, ["linear", "kv_stride must be 1"]),
         ({"mlp_ratio": (4, (2, 4, 4), 4)}, ["mlp_ratio", "per-block", "depth is 2"]),
-        ({"depth": (1, 0, 10)}, ["depth", ">= 1"]),
+        ({"depth": (1, 0, 10)}, ["depth", "stage 2", "from 1 to 64", "got 0"]),
+        # size limits: an absurd value is refused with its bound instead of hanging the cost
+        ({"depth": (1, 2, 100_000_000)}, ["depth", "stage 3", "from 1 to 64"]),
+        ({"img_size": 5000}, ["img_size", "from 1 to 4096"]),
+        ({"embed_dim": (64, 192, 10**5)}, ["embed_dim", "stage 3", "from 1 to 8192"]),
+        ({"num_heads": (1, 3, 512)}, ["num_heads", "from 1 to 256"]),
+        ({"num_classes": 10**6}, ["num_classes", "from 1 to 100000"]),
+        ({"kv_stride": (2, (2, 100), 2)}, ["kv_stride", "stage 2", "from 1 to 64"]),
+        ({"mlp_ratio": (4, 4, 1e9)}, ["mlp_ratio", "at most 64"]),
+        ({"embed_dim": [64] * 9, **{f: [v[0]] * 9 for f, v in CVT_13.to_dict().items()
+                                     if isinstance(v, list)}}, ["9 stages", "at most 8"]),
+        ({"qkv_bias": "yes"}, ["qkv_bias", "true/false"]),
+        ({"drop_rate": "x"}, ["drop_rate", "[0, 1)"]),
         ({"act": "relu"}, ["act", "relu", "quick_gelu"]),
         ({"drop_path": (0, 0, 1.5)}, ["drop_path", "[0, 1)"]),
         ({"q_stride": (1, 2, 1)}, ["q_stride", "must be 1"]),
@@ -83,3 +95,17 @@ def test_grid_sizes_and_drop_path_schedule() -> None:
     rates = CVT_13.block_drop_path(2)
     assert len(rates) == 10 and rates[0] == 0.0 and rates[-1] == pytest.approx(0.1)
     assert CVT_13.block_drop_path(0) == [0.0]
+
+
+def test_size_limits_admit_the_largest_paper_model_at_384_px() -> None:
+    """CvT-W24 at 384 px is the largest configuration of the paper: inside every limit."""
+    big = PRESETS["cvt_w24_384"]
+    assert (big.img_size, max(big.embed_dim), max(big.depth), max(big.num_heads)) == (
+        384, 1024, 20, 16)
+    for key, (lo, hi) in LIMITS.items():
+        values = [big.num_stages] if key == "num_stages" else (
+            [getattr(big, key)] if key in ("img_size", "in_chans", "num_classes")
+            else [v for stage in getattr(big, key)
+                  for v in (stage if isinstance(stage, tuple) else (stage,))])
+        assert all(lo <= v <= hi for v in values), key
+        assert hi >= 2 * max(values), key  # with room to spare

@@ -200,6 +200,9 @@ def test_trial_data_batches_are_seeded_per_epoch(fmnist: D.TensorData) -> None:
     again = list(data.train_batches(epoch=1, seed=0))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
                for a, b in zip(first, again, strict=True))
+    # The epoch's order is the permutation seeded by the batches stream of the committed runs.
+    perm = torch.randperm(300, generator=torch.Generator().manual_seed(1 * 7919))
+    assert torch.equal(first[0][1], fmnist.train_y[data.train_idx][perm[:128]])
     other = next(iter(data.train_batches(epoch=2, seed=0)))
     assert not torch.equal(other[0], first[0][0])
     val = list(data.eval_batches("val"))

@@ -20,10 +20,10 @@ from cvt_nas.model.network import CvT
 from cvt_nas.model.presets import get_config
 from cvt_nas.training.checkpoint import checkpoint_path
 from cvt_nas.training.config import TrainConfig, get_recipe
+from cvt_nas.training.datasets import adapt_config
 from cvt_nas.training.trainer import (
     TrialPruned,
     TrialResult,
-    adapt_config,
     lr_at,
     make_optimizer,
     run_trial,
@@ -126,14 +126,6 @@ def test_bf16_autocast_and_channels_last_run_on_cpu() -> None:
                                          channels_last=True, val_fraction=0.005))
     assert result.status == "complete", result.error
     assert math.isfinite(result.train_loss)
-
-
-def test_adapt_config_channels_size_and_drop_path() -> None:
-    cfg = adapt_config(get_config("cvt_13"), tiny_recipe(channels="repeat", drop_path=0.2))
-    assert (cfg.in_chans, cfg.num_classes, cfg.img_size) == (3, 10, 32)
-    assert cfg.drop_path == (0.2, 0.2, 0.2)
-    kept = adapt_config(get_config("cvt_13"), tiny_recipe(img_size=None))
-    assert kept.img_size == 224 and kept.drop_path == (0.0, 0.0, 0.1)
 
 
 def test_lr_schedule_warms_up_then_decays_to_min_lr() -> None:
