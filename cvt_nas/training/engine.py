@@ -25,6 +25,7 @@ of one process overlap on one GPU (`cvt_nas.training.packing`).
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -45,8 +46,8 @@ CAPTURE_LOCK = threading.Lock()
 INIT_LOCK = threading.Lock()
 
 __all__ = [
-    "AMP_DTYPES", "ENGINES", "Diverged", "EvalStep", "TrainStep", "device_optimizer",
-    "on_stream", "resolve_engine", "resolve_precision", "trial_stream",
+    "AMP_DTYPES", "ENGINES", "Diverged", "EvalStep", "LossSum", "TrainStep", "device_optimizer",
+    "fused_adamw", "on_stream", "resolve_engine", "resolve_precision", "trial_stream",
 ]
 
 
@@ -102,13 +103,16 @@ def on_stream(stream: torch.cuda.Stream | None) -> contextlib.AbstractContextMan
 
 def device_optimizer(optimizer: torch.optim.Optimizer,
                      device: torch.device) -> torch.optim.Optimizer:
-    """The optimizer as it should run on ``device``: unchanged off CUDA; on CUDA the same AdamW
-    groups and hyperparameters, fused and capturable, all groups sharing one learning-rate tensor
-    on the device (so a captured step reads the current rate)."""
-    if device.type != "cuda":
-        return optimizer
+    """The optimizer as it should run on ``device``: unchanged off CUDA (the CPU loop stays as
+    it was), `fused_adamw` on CUDA."""
+    return fused_adamw(optimizer, device) if device.type == "cuda" else optimizer
+
+
+def fused_adamw(optimizer: torch.optim.Optimizer, device: torch.device) -> torch.optim.AdamW:
+    """The same AdamW groups and hyperparameters, fused and capturable, every group sharing one
+    learning-rate tensor on ``device`` (so a captured step reads the current rate)."""
     if not isinstance(optimizer, torch.optim.AdamW):
-        raise TypeError(f"device_optimizer: expected AdamW, got {type(optimizer).__name__}")
+        raise TypeError(f"fused_adamw: expected AdamW, got {type(optimizer).__name__}")
     impl = {"foreach", "fused", "capturable", "differentiable", "lr"}
     groups = [{k: v for k, v in g.items() if k not in impl} for g in optimizer.param_groups]
     lr = torch.tensor(float(optimizer.defaults["lr"]), device=device)
@@ -150,21 +154,24 @@ class _Snapshot:
                 t.zero_()
 
 
-class _LossSum:
+class LossSum:
     """The epoch's running loss sum on the device and its divergence check.
 
-    Off CUDA (and with ``check_every`` 1) the check reads the sum directly, as the plain loop
-    always did. On CUDA each check copies the sum to pinned memory without blocking and reads the
-    copy of the previous check, which is ``check_every`` steps old and so already done.
+    By default (off CUDA) the check reads the sum directly, as the plain loop always did. With
+    ``async_copy`` (the default on CUDA) each check copies the sum to host memory without
+    blocking (pinned memory and an event on CUDA) and reads the copy of the previous check, which
+    is ``check_every`` steps old and so already done: a divergence is seen at most two checks
+    late, and at the latest by `mean` at the epoch end.
     """
 
-    def __init__(self, device: torch.device, check_every: int) -> None:
+    def __init__(self, device: torch.device, check_every: int,
+                 async_copy: bool | None = None) -> None:
         self.device, self.check_every = device, check_every
         self.total = torch.zeros((), device=device)
-        self.async_copy = device.type == "cuda"
-        if self.async_copy:
-            self.host = torch.zeros(2, pin_memory=True)
-            self.events = [torch.cuda.Event(), torch.cuda.Event()]
+        self.async_copy = device.type == "cuda" if async_copy is None else async_copy
+        cuda = device.type == "cuda"
+        self.host = torch.zeros(2, pin_memory=cuda)
+        self.events = [torch.cuda.Event(), torch.cuda.Event()] if cuda else None
         self.pending: tuple[int, int] | None = None  # (slot, step) of the last copy
         self.slot = 0
         self.last_read = 0.0  # the latest sum read back on the host (for progress displays)
@@ -186,11 +193,13 @@ class _LossSum:
             return
         previous = self.pending
         self.host[self.slot].copy_(self.total, non_blocking=True)
-        self.events[self.slot].record()
+        if self.events is not None:
+            self.events[self.slot].record()
         self.pending, self.slot = (self.slot, step), 1 - self.slot
         if previous is not None:
             slot, seen_at = previous
-            self.events[slot].synchronize()  # recorded check_every steps ago: already complete
+            if self.events is not None:  # recorded check_every steps ago: already complete
+                self.events[slot].synchronize()
             self.last_read = float(self.host[slot])
             if not torch.isfinite(self.host[slot]):
                 raise Diverged(self.last_read, seen_at)
@@ -198,7 +207,7 @@ class _LossSum:
     def mean(self, images: int) -> float:
         """The epoch's mean loss (waits for the device); `Diverged` if not finite."""
         mean = self.total.item() / max(images, 1)
-        if mean != mean or mean in (float("inf"), float("-inf")):
+        if not math.isfinite(mean):
             raise Diverged(mean, None)
         return mean
 
@@ -221,7 +230,7 @@ class TrainStep:
         self.model, self.optimizer, self.criterion, self.scaler = model, optimizer, criterion, scaler
         self.amp_dtype, self.device, self.clip_grad = amp_dtype, device, clip_grad
         self.use_graph = graph
-        self.loss = _LossSum(device, check_every)
+        self.loss = LossSum(device, check_every)
         self.lr = _lr_tensor(optimizer)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: tuple[torch.Tensor, torch.Tensor] | None = None
