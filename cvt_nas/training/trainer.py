@@ -198,7 +198,8 @@ class _Trial:
     def _run(self, report: Report | None) -> None:
         first = self._resume() + 1
         for epoch in range(first, self.tcfg.epochs + 1):
-            seed_all(_seed(self.tcfg.seed, epoch))
+            with engine.INIT_LOCK:  # not while another trial of this process draws its weights
+                seed_all(_seed(self.tcfg.seed, epoch))
             train_loss, images, seconds, lr = self.train_epoch(epoch)
             metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
             metrics.update(self.evaluate("val") if self.data.num_val else
