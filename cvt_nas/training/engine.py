@@ -387,10 +387,12 @@ def _capture(device: torch.device, body: Callable[[], None]) -> torch.cuda.CUDAG
                 body()
         except torch.cuda.OutOfMemoryError:
             raise
-        except RuntimeError as exc:
-            if isinstance(exc.__context__, torch.cuda.OutOfMemoryError):
-                raise exc.__context__ from None
-            raise _CaptureFailed(f"CUDA graph capture failed: {str(exc).splitlines()[0]}") from exc
+        except RuntimeError as exc:  # capture_end's error; the cause is in its context
+            cause = exc.__context__ or exc
+            if isinstance(cause, torch.cuda.OutOfMemoryError):
+                raise cause from None
+            first = (str(cause).splitlines() or [type(cause).__name__])[0]
+            raise _CaptureFailed(f"CUDA graph capture failed: {first}") from exc
     return graph
 
 
