@@ -24,6 +24,8 @@ Parts and their targets (from the engine issue):
   (recorded, memory returned, the next trial runs), divergence (status and step), no host
   synchronisation inside the step loop (``torch.cuda.set_sync_debug_mode("error")``), and a
   224 px image-folder trial with the paper recipe.
+* ``cpu``: bench_speed.py on 2 threads of this machine's CPU (another CPU kind): CvT-13 and
+  cvt_micro against Hugging Face's. Targets: training >= 1.7x and >= 1.5x.
 
     python benchmarks/bench_gpu.py --part trial --out /tmp/parts
     python benchmarks/bench_gpu.py --merge /tmp/parts --out report.json
@@ -127,7 +129,8 @@ def part_steps() -> dict[str, Any]:
                 sec = timed_steps(fn, n=200 if graph else 50)
                 out[f"b{batch}_{precision}_{'graph' if graph else 'eager'}"] = {
                     "img_s": round(batch / sec), "setup_s": round(setup, 2),
-                    "capture_s": round(step.capture_s, 2), "fallback": step.fallback}
+                    "capture_s": round(step.graphed.capture_s, 2),
+                    "fallback": step.graphed.fallback}
     return out
 
 
@@ -429,9 +432,37 @@ def _folder_trial() -> dict[str, Any]:
     return {"status": r.status, "engine": r.engine, "precision": r.precision, "error": r.error}
 
 
+def part_cpu() -> dict[str, Any]:
+    """Item 4 on this machine's CPU (another CPU kind): bench_speed.py on 2 threads, CvT-13 and
+    cvt_micro against Hugging Face's, alternating steps in one process."""
+    import platform
+
+    out: dict[str, Any] = {"cpu": platform.processor() or _cpu_name()}
+    runs = {"cvt_13": ["--batch", "16", "--img-size", "224", "--steps", "3", "--warmup", "1"],
+            "cvt_micro": ["--model", "cvt_micro", "--batch", "128", "--img-size", "32",
+                          "--steps", "8", "--warmup", "2"]}
+    for name, extra in runs.items():
+        cmd = [sys.executable, "benchmarks/bench_speed.py", "--threads", "2", "--json", *extra]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=150)
+        out[name] = (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0
+                     else {"error": proc.stderr[-800:]})
+    ratio = lambda name, mode: out[name].get(mode, {}).get("ratio_wall", 0)  # noqa: E731
+    out["pass"] = {"cvt_13_train_1.7x": ratio("cvt_13", "train") >= 1.7,
+                   "cvt_micro_train_1.5x": ratio("cvt_micro", "train") >= 1.5}
+    return out
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 PARTS: dict[str, Callable[..., dict[str, Any]]] = {
     "env": part_env, "steps": part_steps, "trial": part_trial, "search": part_search,
     "cvt13": part_cvt13, "memory": part_memory, "packing": part_packing, "robust": part_robust,
+    "cpu": part_cpu,
 }
 
 

@@ -212,6 +212,44 @@ class LossSum:
         return mean
 
 
+class _Graphed:
+    """A fixed-shape step captured once, on its first batch, as a CUDA graph and replayed on
+    every batch of that shape (copied into the captured inputs); other batches are the caller's
+    to run eagerly. If capture fails for any reason but memory, the step stays eager and
+    ``fallback`` says why."""
+
+    def __init__(self, enabled: bool, device: torch.device) -> None:
+        self.enabled, self.device = enabled, device
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.fallback: str | None = None
+        self.capture_s = 0.0
+
+    def replay(self, x: torch.Tensor, y: torch.Tensor,
+               body: Callable[[torch.Tensor, torch.Tensor], None],
+               undo: Callable[[], Callable[[], None]] | None = None) -> bool:
+        """Replay on (x, y) when it has the captured shape (capturing ``body`` first if this is
+        the first batch); whether it did. ``undo()`` is called before the warm-up and returns
+        what to call after the capture to take the warm-up's effects back."""
+        if self.enabled and self.graph is None:
+            start = time.perf_counter()
+            sx, sy = self.inputs = (x.clone(), y.clone())
+            restore = undo() if undo is not None else None
+            try:
+                self.graph = _capture(self.device, lambda: body(sx, sy))
+            except _CaptureFailed as exc:  # an op that cannot be captured: run eagerly
+                self.enabled, self.fallback = False, str(exc)
+            if restore is not None:
+                restore()
+            self.capture_s = time.perf_counter() - start
+        if self.graph is None or self.inputs is None or not _fits(self.inputs, x, y):
+            return False
+        self.inputs[0].copy_(x)
+        self.inputs[1].copy_(y)
+        self.graph.replay()
+        return True
+
+
 class TrainStep:
     """One optimizer step per call; eager, or replayed from a CUDA graph captured on first use.
 
@@ -229,14 +267,10 @@ class TrainStep:
                  graph: bool, check_every: int) -> None:
         self.model, self.optimizer, self.criterion, self.scaler = model, optimizer, criterion, scaler
         self.amp_dtype, self.device, self.clip_grad = amp_dtype, device, clip_grad
-        self.use_graph = graph
+        self.graphed = _Graphed(graph, device)
         self.loss = LossSum(device, check_every)
         self.lr = _lr_tensor(optimizer)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.static: tuple[torch.Tensor, torch.Tensor] | None = None
         self.images = self.steps = 0
-        self.capture_s = 0.0
-        self.fallback: str | None = None  # why capture failed, when it did
 
     def begin_epoch(self) -> None:
         self.loss.reset()
@@ -257,13 +291,7 @@ class TrainStep:
         else:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-        if self.use_graph and self.graph is None:
-            self._capture(x, y)
-        if self.graph is not None and self.static is not None and _fits(self.static, x, y):
-            self.static[0].copy_(x)
-            self.static[1].copy_(y)
-            self.graph.replay()
-        else:
+        if not self.graphed.replay(x, y, self._captured_body, self._snapshot):
             self._body(x, y, cache=True)
         self.images += len(x)
         self.steps += 1
@@ -290,20 +318,11 @@ class TrainStep:
         scaler.update()
         self.loss.add(loss, len(x))
 
-    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        start = time.perf_counter()
-        sx, sy = self.static = (x.clone(), y.clone())
-        undo = _Snapshot(self.model, self.optimizer, [self.loss.total])
+    def _captured_body(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self._body(x, y, cache=False)  # autocast's weight cache cannot live across replays
 
-        def step() -> None:
-            self._body(sx, sy, cache=False)
-
-        try:
-            self.graph = _capture(self.device, step)
-        except _CaptureFailed as exc:  # an op that cannot be captured: train eagerly
-            self.use_graph, self.fallback = False, str(exc)
-        undo.restore()
-        self.capture_s = time.perf_counter() - start
+    def _snapshot(self) -> Callable[[], None]:
+        return _Snapshot(self.model, self.optimizer, [self.loss.total]).restore
 
 
 class EvalStep:
@@ -314,11 +333,8 @@ class EvalStep:
     def __init__(self, model: nn.Module, amp_dtype: torch.dtype | None, device: torch.device,
                  k: int, graph: bool) -> None:
         self.model, self.amp_dtype, self.device, self.k = model, amp_dtype, device, k
-        self.use_graph = graph
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.static: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.graphed = _Graphed(graph, device)
         self.counts: torch.Tensor | None = None  # (2,) hits at 1 and at k, the graph's output
-        self.fallback: str | None = None
 
     def __call__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -328,18 +344,12 @@ class EvalStep:
             self.counts.zero_()
         n = 0
         for x, y in batches:
-            if self.use_graph and self.graph is None:
-                self._capture(x, y)
-            if self.graph is not None and self.static is not None and _fits(self.static, x, y):
-                self.static[0].copy_(x)
-                self.static[1].copy_(y)
-                self.graph.replay()
-            else:
+            if not self.graphed.replay(x, y, self._accumulate, self._fresh_counts):
                 hit1, hitk = self._hits(x, y, cache=True)
                 correct1 = correct1 + hit1
                 correct5 = correct5 + hitk
             n += len(y)
-        if self.counts is not None:
+        if self.counts is not None and self.graphed.graph is not None:
             correct1, correct5 = correct1 + self.counts[0], correct5 + self.counts[1]
         return correct1, correct5, n
 
@@ -352,20 +362,19 @@ class EvalStep:
         hits = top == y[:, None]
         return hits[:, 0].sum(), hits.any(dim=1).sum()
 
-    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        sx, sy = self.static = (x.clone(), y.clone())
+    def _accumulate(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        assert self.counts is not None
+        hit1, hitk = self._hits(x, y, cache=False)
+        self.counts[0] += hit1
+        self.counts[1] += hitk
+
+    def _fresh_counts(self) -> Callable[[], None]:
         counts = self.counts = torch.zeros(2, device=self.device, dtype=torch.long)
 
-        def accumulate() -> None:
-            hit1, hitk = self._hits(sx, sy, cache=False)
-            counts[0] += hit1
-            counts[1] += hitk
+        def reset() -> None:  # after the warm-up runs have added to it
+            counts.zero_()
 
-        try:
-            self.graph = _capture(self.device, accumulate)
-        except _CaptureFailed as exc:
-            self.use_graph, self.fallback, self.counts = False, str(exc), None
-        counts.zero_()
+        return reset
 
 
 class _CaptureFailed(Exception):

@@ -192,8 +192,8 @@ class _Trial:
         with engine.on_stream(self.stream):
             self._run(report)
         for step in (self.train_step, self.eval_step):
-            if step.fallback:
-                self.result.engine = f"eager ({step.fallback})"
+            if step.graphed.fallback:
+                self.result.engine = f"eager ({step.graphed.fallback})"
 
     def _run(self, report: Report | None) -> None:
         first = self._resume() + 1
