@@ -134,20 +134,19 @@ class _Snapshot:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                  extra: Iterable[torch.Tensor]) -> None:
-        self.model, self.optimizer = model, optimizer
-        self.saved = {id(t): (t, t.detach().clone()) for t in self._tensors(extra)}
-        self.extra = list(extra)
+        self.model, self.optimizer, self.extra = model, optimizer, list(extra)
+        self.saved = {id(t): (t, t.detach().clone()) for t in self._tensors()}
 
-    def _tensors(self, extra: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    def _tensors(self) -> Iterator[torch.Tensor]:
         yield from self.model.parameters()
         yield from self.model.buffers()
         for state in self.optimizer.state.values():
             yield from (v for v in state.values() if isinstance(v, torch.Tensor))
-        yield from extra
+        yield from self.extra
 
     @torch.no_grad()
     def restore(self) -> None:
-        for t in self._tensors(self.extra):
+        for t in self._tensors():
             if id(t) in self.saved:
                 t.copy_(self.saved[id(t)][1])
             else:
