@@ -1,13 +1,17 @@
-"""Training and inference throughput of our CvT-13 against Hugging Face's, side by side.
+"""Training and inference throughput of our CvT against Hugging Face's, side by side.
 
-Both models have the same parameter count (19,997,480) and the same activation (GELU, as in
-the HF port). Steps alternate between the models in one process so that machine load affects
-all alike; the ratio ours/HF is the result. A third runner, ``ours-aten``, is our model with its
-Linear layers on PyTorch's default MKL GEMM (``set_linear_backend("aten")``) instead of oneDNN,
-to show how much of the gain is the GEMM backend. Achieved model GFLOP/s count 2 FLOPs per
-analytic MAC, times 3 for a training step (forward, input and weight gradients).
+``--model cvt_13`` (default) or any preset, e.g. ``cvt_micro`` (the search's small model, 1
+channel, 10 classes): Hugging Face's `CvtForImageClassification` is configured to the same
+layout. Both have the same parameter count (19,997,480 for CvT-13, 820,234 for cvt_micro) and
+the same activation (GELU, as in the HF port). Steps alternate between the models in one process
+so that machine load affects all alike; the ratio ours/HF is the result. A third runner,
+``ours-aten``, is our model with its Linear layers on PyTorch's default MKL GEMM
+(``set_linear_backend("aten")``) instead of oneDNN, to show how much of the gain is the GEMM
+backend. Achieved model GFLOP/s count 2 FLOPs per analytic MAC, times 3 for a training step
+(forward, input and weight gradients).
 
     python benchmarks/bench_speed.py --threads 2 --batch 16 --img-size 224 --steps 6
+    python benchmarks/bench_speed.py --model cvt_micro --threads 2 --batch 128 --img-size 32
 """
 
 from __future__ import annotations
@@ -24,10 +28,19 @@ import cvt_nas
 from cvt_nas.model.linear import linear_backend, set_linear_backend
 
 
-def hf_cvt13(num_classes: int) -> torch.nn.Module:
+def hf_model(cfg: cvt_nas.CvTConfig) -> torch.nn.Module:
+    """Hugging Face's CvT with the layout of ``cfg`` (scalar per-stage values only)."""
     from transformers import CvtConfig, CvtForImageClassification
 
-    return CvtForImageClassification(CvtConfig(num_labels=num_classes))
+    return CvtForImageClassification(CvtConfig(
+        num_channels=cfg.in_chans, num_labels=cfg.num_classes,
+        patch_sizes=list(cfg.embed_kernel), patch_stride=list(cfg.embed_stride),
+        patch_padding=list(cfg.embed_padding), embed_dim=list(cfg.embed_dim),
+        num_heads=list(cfg.num_heads), depth=list(cfg.depth),
+        mlp_ratio=[float(m) for m in cfg.mlp_ratio], cls_token=list(cfg.cls_token),
+        drop_path_rate=list(cfg.drop_path), stride_kv=list(cfg.kv_stride),
+        kernel_qkv=list(cfg.qkv_kernel), qkv_bias=[cfg.qkv_bias] * cfg.num_stages,
+    ))
 
 
 def with_backend(fn: Callable[[], None], backend: str) -> Callable[[], None]:
@@ -87,6 +100,7 @@ def alternate(fns: dict[str, Callable[[], None]], steps: int,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="cvt_13", help="a preset (cvt_13, cvt_micro, ...)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--img-size", type=int, default=224)
@@ -96,15 +110,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    ours = cvt_nas.create_model("cvt_13", act="gelu", img_size=args.img_size)
-    theirs = hf_cvt13(1000)
+    ours = cvt_nas.create_model(args.model, act="gelu", img_size=args.img_size)
+    theirs = hf_model(ours.cfg)
     n_ours = sum(p.numel() for p in ours.parameters())
     n_hf = sum(p.numel() for p in theirs.parameters())
     assert n_ours == n_hf, (n_ours, n_hf)
     macs = cvt_nas.analytic_cost(ours.cfg).macs
-    x = torch.randn(args.batch, 3, args.img_size, args.img_size)
-    y = torch.randint(0, 1000, (args.batch,))
-    report: dict[str, object] = {"params": n_ours, "macs": macs, "threads": args.threads,
+    x = torch.randn(args.batch, ours.cfg.in_chans, args.img_size, args.img_size)
+    y = torch.randint(0, ours.cfg.num_classes, (args.batch,))
+    report: dict[str, object] = {"model": args.model, "params": n_ours, "macs": macs, "threads": args.threads,
                                  "batch": args.batch, "img_size": args.img_size,
                                  "torch": torch.__version__}
     for mode in ("train", "infer"):

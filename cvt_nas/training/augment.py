@@ -41,6 +41,9 @@ class TensorAugment:
         self.resize = resize
         self.mean = torch.tensor(mean).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std).view(1, -1, 1, 1) * 255.0
+        # per-device copies, made once: a blocking host-to-device copy per batch would make
+        # every CUDA step wait for the GPU
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.repeat_channels = repeat_channels
         self.shift = shift
         self.hflip = hflip
@@ -69,7 +72,10 @@ class TensorAugment:
             out = random_shift(out, self.shift, generator)
         if train and self.hflip > 0:
             out = random_hflip(out, self.hflip, generator)
-        out = (out - self.mean.to(out.device)) / self.std.to(out.device)
+        if out.device not in self._stats:
+            self._stats[out.device] = (self.mean.to(out.device), self.std.to(out.device))
+        mean, std = self._stats[out.device]
+        out = (out - mean) / std
         if self.repeat_channels:
             out = out.expand(-1, 3, -1, -1)  # (B, 3, S, S)
         if train and self.erasing is not None:

@@ -20,7 +20,7 @@ CHECKPOINT_NAME = "last.pt"
 FORMAT_VERSION = 1
 # TrainConfig fields that do not change what is computed (so a resume may change them).
 _NEUTRAL_FIELDS = ("device", "threads", "num_workers", "eval_test", "download", "data_root",
-                   "eval_batch_size")
+                   "eval_batch_size", "engine")
 
 
 def fingerprint(model_cfg: dict[str, Any], train_cfg: dict[str, Any]) -> str:

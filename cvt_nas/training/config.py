@@ -24,7 +24,8 @@ from cvt_nas.model.config import LIMITS
 from cvt_nas.training.datasets import BUILTIN, FOLDER_PREFIX
 from cvt_nas.training.seeds import MAX_SEED
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+ENGINES = ("eager", "graph")  # cvt_nas.training.engine
 CHANNELS = ("native", "repeat")
 RESIZES = ("pad", "interpolate")
 DATASETS = tuple(BUILTIN)  # plus "imagefolder:PATH"
@@ -67,7 +68,11 @@ class TrainConfig:
             a list one rate per stage); None keeps the model config's.
         seed: seed of initialization, shuffling and augmentation.
         device: ``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``fp32``, or ``bf16`` / ``fp16`` autocast (fp16 needs CUDA; uses GradScaler).
+        precision: ``fp32``, or ``bf16`` / ``fp16`` autocast (fp16 needs CUDA; uses GradScaler),
+            or ``auto``: bf16 on CUDA, fp32 elsewhere (the trial result says which ran).
+        engine: how steps run on CUDA (`cvt_nas.training.engine`): ``graph`` (fixed-shape train
+            and eval steps captured as CUDA graphs and replayed) or ``eager``; None (default)
+            means graph on CUDA (eager with fp16) and eager elsewhere, the only choice there.
         channels_last: use channels-last memory format for model and inputs.
         threads: torch intra-op threads (0 or None leaves the current setting).
         num_workers: DataLoader workers for image folders.
@@ -107,6 +112,7 @@ class TrainConfig:
     channels_last: bool = False
     threads: int | None = None
     num_workers: int = 4
+    engine: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.drop_path, list):
@@ -116,6 +122,8 @@ class TrainConfig:
             if f.name in _FLOAT_FIELDS:
                 object.__setattr__(self, f.name, _to_float(value))
         _validate(self)
+        if self.engine is not None and self.engine not in ENGINES:
+            _fail("engine", self.engine, f"must be one of {list(ENGINES)} or null (automatic)")
 
     # -- (de)serialization -------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from cvt_nas.model.config import CvTConfig
 from cvt_nas.model.cost import Cost, analytic_cost
+from cvt_nas.training import engine
 from cvt_nas.training.augment import seed_all
 from cvt_nas.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from cvt_nas.training.config import TrainConfig
@@ -65,6 +66,8 @@ class TrialResult:
     error: str | None = None
     device: str | None = None
     threads: int | None = None
+    precision: str | None = None  # what ran: fp32, bf16 or fp16 (``precision: auto`` resolved)
+    engine: str | None = None  # eager or graph (cvt_nas.training.engine)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-able dict."""
@@ -158,20 +161,31 @@ class _Trial:
 
         self.cfg, self.tcfg, self.result, self.progress = cfg, tcfg, result, progress
         self.device = resolve_device(tcfg.device)
-        result.device = str(self.device)
-        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
-            tcfg.precision
-        ]
-        if tcfg.precision == "fp16" and self.device.type != "cuda":
+        precision = engine.resolve_precision(tcfg.precision, self.device)
+        result.device, result.precision = str(self.device), precision
+        self.amp_dtype = engine.AMP_DTYPES[precision]
+        if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("field 'precision': fp16 autocast needs CUDA; use fp32 or bf16 here")
-        self.data = TrialData(tcfg, self.device)
-        seed_all(tcfg.seed)
-        fmt = torch.channels_last if tcfg.channels_last else torch.contiguous_format
-        # two calls: torch's stubs have no Module.to overload taking device and memory_format
-        self.model = CvT(cfg).to(self.device).to(memory_format=fmt)
-        self.optimizer = make_optimizer(self.model, tcfg.lr, tcfg.weight_decay)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=tcfg.precision == "fp16")
-        self.criterion, self.mixup = make_loss(tcfg, cfg.num_classes)
+        result.engine = engine.resolve_engine(tcfg.engine, self.device, precision)
+        graph = result.engine == "graph"
+        self.stream = engine.trial_stream(self.device)
+        with engine.on_stream(self.stream):
+            self.data = TrialData(tcfg, self.device)
+            fmt = torch.channels_last if tcfg.channels_last else torch.contiguous_format
+            with engine.INIT_LOCK:  # seeding is process-wide: one trial at a time draws weights
+                seed_all(tcfg.seed)
+                # two calls: torch's stubs have no Module.to overload taking device and memory_format
+                self.model = CvT(cfg).to(self.device).to(memory_format=fmt)
+            self.optimizer = engine.device_optimizer(
+                make_optimizer(self.model, tcfg.lr, tcfg.weight_decay), self.device)
+            self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+            self.criterion, self.mixup = make_loss(tcfg, cfg.num_classes)
+            self.train_step = engine.TrainStep(
+                self.model, self.optimizer, self.criterion, self.scaler, self.amp_dtype,
+                self.device, tcfg.clip_grad, graph,
+                check_every=1 if self.device.type == "cpu" else engine.CUDA_CHECK_EVERY)
+            self.eval_step = engine.EvalStep(self.model, self.amp_dtype, self.device,
+                                             min(5, cfg.num_classes), graph)
         self.steps = self.data.steps_per_epoch
         self.checkpoint_dir = checkpoint_dir
         self.fingerprint = fingerprint(cfg.to_dict(), tcfg.to_dict())
@@ -179,9 +193,17 @@ class _Trial:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self, report: Report | None) -> None:
+        with engine.on_stream(self.stream):
+            self._run(report)
+        for step in (self.train_step, self.eval_step):
+            if step.graphed.fallback:
+                self.result.engine = f"eager ({step.graphed.fallback})"
+
+    def _run(self, report: Report | None) -> None:
         first = self._resume() + 1
         for epoch in range(first, self.tcfg.epochs + 1):
-            seed_all(epoch_seed(self.tcfg.seed, epoch, "weights"))
+            with engine.INIT_LOCK:  # not while another trial of this process draws its weights
+                seed_all(epoch_seed(self.tcfg.seed, epoch, "weights"))
             train_loss, images, seconds, lr = self.train_epoch(epoch)
             metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
             metrics.update(self.evaluate("val") if self.data.num_val else
@@ -198,11 +220,10 @@ class _Trial:
 
     def train_epoch(self, epoch: int) -> tuple[float, int, float, float]:
         """One pass over the training split: (mean loss, images, seconds, last lr)."""
-        model, opt, tcfg = self.model, self.optimizer, self.tcfg
-        model.train()
-        check_every = 1 if self.device.type == "cpu" else 20
-        total = torch.zeros((), device=self.device)
-        images, lr, start = 0, tcfg.lr, time.perf_counter()
+        tcfg, step = self.tcfg, self.train_step
+        self.model.train()
+        step.begin_epoch()
+        lr, start = tcfg.lr, time.perf_counter()
         batches: Iterable = self.data.train_batches(epoch, tcfg.seed)
         bar = None
         if self.progress:
@@ -210,60 +231,32 @@ class _Trial:
 
             bar = batches = tqdm(batches, total=self.steps, desc=f"epoch {epoch}/{tcfg.epochs}",
                                  leave=False, dynamic_ncols=True)
-        for i, (x, y) in enumerate(batches):  # x (B, C, S, S), y (B,)
-            step = (epoch - 1) * self.steps + i
-            lr = lr_at(step, self.steps, tcfg)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            if self.mixup is not None:
-                x, y = self.mixup(x, y)  # y (B, num_classes) soft targets
-            with self._autocast():
-                loss = self.criterion(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if tcfg.clip_grad is not None:
-                self.scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_grad)
-            self.scaler.step(opt)
-            self.scaler.update()
-            total += loss.detach().float() * len(x)
-            images += len(x)
-            if (i + 1) % check_every == 0 and not torch.isfinite(total):
-                raise _Diverged(f"loss became {total.item()} at epoch {epoch}, step {i + 1}")
-            if bar is not None and i % 10 == 0:
-                bar.set_postfix(loss=f"{total.item() / images:.4f}", lr=f"{lr:.2e}")
-        if bar is not None:
-            bar.close()
-        mean = total.item() / max(images, 1)
-        if not math.isfinite(mean):
-            raise _Diverged(f"loss became {mean} at epoch {epoch}")
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        try:
+            for i, (x, y) in enumerate(batches):  # x (B, C, S, S), y (B,)
+                lr = lr_at((epoch - 1) * self.steps + i, self.steps, tcfg)
+                if self.mixup is not None:
+                    x, y = self.mixup(x, y)  # y (B, num_classes) soft targets
+                step(x, y, lr)
+                if bar is not None and i % 10 == 0:
+                    bar.set_postfix(loss=f"{step.running_loss():.4f}", lr=f"{lr:.2e}")
+            mean, images = step.end_epoch()
+        except engine.Diverged as exc:
+            at = "" if exc.step is None else f", step {exc.step}"
+            raise _Diverged(f"loss became {exc.value} at epoch {epoch}{at}") from None
+        finally:
+            if bar is not None:
+                bar.close()
         return mean, images, time.perf_counter() - start, lr
 
     @torch.inference_mode()
     def evaluate(self, split: str) -> dict[str, float]:
         """Top-1 / top-5 accuracy (percent) on ``val`` or ``test``, keyed val_top1/val_top5."""
         self.model.eval()
-        k = min(5, self.cfg.num_classes)
-        correct1 = correct5 = torch.zeros((), device=self.device, dtype=torch.long)
-        n = 0
-        for x, y in self.data.eval_batches(split):
-            with self._autocast():
-                logits = self.model(x)  # (B, num_classes)
-            top = logits.topk(k, dim=1).indices  # (B, k)
-            hits = top == y[:, None]
-            correct1 = correct1 + hits[:, 0].sum()
-            correct5 = correct5 + hits.any(dim=1).sum()
-            n += len(y)
+        correct1, correct5, n = self.eval_step(self.data.eval_batches(split))
         n = max(n, 1)
         return {"val_top1": 100.0 * correct1.item() / n, "val_top5": 100.0 * correct5.item() / n}
 
     # -- helpers -------------------------------------------------------------------------------
-
-    def _autocast(self) -> Any:
-        return torch.autocast(self.device.type, dtype=self.amp_dtype,
-                              enabled=self.amp_dtype is not None)
 
     def _record(self, metrics: dict[str, Any]) -> None:
         r = self.result
