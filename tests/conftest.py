@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import multiprocessing
 import os
 import pwd
 import shutil
@@ -197,11 +199,49 @@ def ray_head(ray_cluster: RayCluster) -> str:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cvt_nas_process(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    """``cvt-nas ARGS`` as a real process running this checkout's code, stderr to ``log``."""
+@contextlib.contextmanager
+def cvt_nas_running(args: list[str], cwd: Path, log: Path) -> Iterator[subprocess.Popen]:
+    """``cvt-nas ARGS`` as a real process running this checkout's code, stderr to ``log``;
+    killed if the block leaves it running."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "cvt_nas.cli", *args], cwd=cwd, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "cvt_nas.cli", *args], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def stop(proc: subprocess.Popen, signum: int, timeout: float = 300) -> tuple[int, float]:
+    """Send ``signum`` and wait for the exit: its code and the seconds it took."""
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    code = proc.wait(timeout=timeout)
+    return code, time.monotonic() - sent
+
+
+def worker_tags(trials: list[Any], parent: subprocess.Popen) -> list[str]:
+    """The worker tags of ``trials`` (Optuna trials), checked to be processes of ``parent``."""
+    from cvt_nas.common.proc import parse_tag
+
+    tags = [t.user_attrs["worker"] for t in trials]
+    assert {parse_tag(tag).pid for tag in tags} <= set(children(parent.pid))
+    return tags
+
+
+def at_once(target: Callable[..., Any], args: tuple[Any, ...], n: int = 4) -> list[int | None]:
+    """Exit codes of ``n`` forked processes running ``target(barrier, *args)``, each released
+    by the barrier at the same moment (for races)."""
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(n)
+    procs = [ctx.Process(target=target, args=(barrier, *args)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    return [p.exitcode for p in procs]
 
 
 def children(pid: int) -> list[int]:

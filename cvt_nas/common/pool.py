@@ -12,7 +12,8 @@
   surviving workers fail it and retry it (the target's own loop, through
   `cvt_nas.common.storage.fail_dead_trials`). When no worker is left while ``unfinished()`` says
   work remains, a replacement is started (at most ``n`` in all); at the end one line names the
-  lost workers (pid, signal). If they could not finish the work, `WorkersLost` says so.
+  lost workers (pid, signal). If they could not finish the work, `WorkersLost` says so. A worker
+  stopped by its own SIGTERM/SIGINT is not replaced (someone asked it to stop).
 * A worker whose parent dies gets SIGTERM (Linux ``PR_SET_PDEATHSIG``), so a killed search
   leaves no orphan training on.
 """
@@ -64,6 +65,13 @@ class Lost:
     index: int
     pid: int
     exitcode: int
+
+    @property
+    def stopped(self) -> int | None:
+        """The signal it was stopped by (SIGINT, SIGTERM: it left its trial resumable, and is
+        not replaced: someone asked it to stop), else None."""
+        signum = self.exitcode - 128
+        return signum if signum in _SIGNALS else None
 
     def __str__(self) -> str:
         code = self.exitcode
@@ -178,7 +186,8 @@ def run_workers(target: Callable[..., Any], args: tuple[Any, ...], n: int, *,
                 if time.monotonic() > stop_at:
                     forward(kill=True)
                 continue
-            if not live and lost and replaced < n and unfinished():
+            died = [x for x in lost if x.stopped is None]
+            if not live and died and replaced < n and unfinished():
                 start(n + replaced)  # an index past the first n: its own sampler stream
                 replaced += 1
     if asked:
@@ -186,6 +195,8 @@ def run_workers(target: Callable[..., Any], args: tuple[Any, ...], n: int, *,
     if lost:
         names = ", ".join(map(str, lost))
         if unfinished():
+            if all(x.stopped for x in lost):  # its workers were stopped, not this process
+                raise Interrupted(lost[0].stopped or signal.SIGTERM)
             raise WorkersLost(f"{label}: lost {len(lost)} worker(s) ({names}), replacements "
                               "included, and work remains; re-run the same command to resume")
         print(f"{label}: lost {len(lost)} worker(s): {names}; their trials were failed and "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ class SearchRun:
 
     space: SearchSpace
     settings: TrialSettings
-    storage_url: str
+    storage_url: str = field(repr=False)  # may hold a password: never printed
     trials: int
     sampler: str = "nsga2"
     pruner: str = "none"

@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from conftest import children, cvt_nas_process, wait_for
+from conftest import cvt_nas_running, stop, wait_for, worker_tags
 
 from cvt_nas.cli import main
 from cvt_nas.common.proc import alive, parse_tag
@@ -54,18 +54,10 @@ def test_sigterm_stops_the_ablation_workers_and_the_same_command_completes_it(
         tmp_path: Path) -> None:
     out, db, log = tmp_path / "t7", tmp_path / "studies.db", tmp_path / "ablate.log"
     args = _args(out, seeds=2, workers=2)
-    proc = cvt_nas_process(args, tmp_path, log)
-    try:
+    with cvt_nas_running(args, tmp_path, log) as proc:
         running = wait_for(lambda: _running(db, 2), "both workers training")
-        tags = [t.user_attrs["worker"] for t in running]
-        assert {parse_tag(tag).pid for tag in tags} <= set(children(proc.pid))
-        proc.send_signal(signal.SIGTERM)
-        sent = time.monotonic()
-        code = proc.wait(timeout=300)
-        stopped = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        tags = worker_tags(running, proc)
+        code, stopped = stop(proc, signal.SIGTERM)
     err = log.read_text()
     assert code == 128 + signal.SIGTERM, err
     assert err.rstrip().splitlines()[-1].startswith("cvt-nas ablate: stopped by SIGTERM; ")
@@ -88,15 +80,10 @@ def test_a_run_killed_outright_is_completed_by_the_next_without_waiting_for_a_he
         tmp_path: Path) -> None:
     out, db, log = tmp_path / "t7", tmp_path / "studies.db", tmp_path / "ablate.log"
     args = _args(out, seeds=1, workers=1)
-    proc = cvt_nas_process(args, tmp_path, log)
-    try:
+    with cvt_nas_running(args, tmp_path, log) as proc:
         victim = wait_for(lambda: _running(db, 1), "a pair in training")[0]
         assert parse_tag(victim.user_attrs["worker"]).pid == proc.pid
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        assert stop(proc, signal.SIGKILL, 60)[0] == -signal.SIGKILL
     assert [t.state.name for t in _trials(db) if t.number == victim.number] == ["RUNNING"]
     started = time.monotonic()
     assert main(args) == 0  # right away: within the heartbeat grace
@@ -107,17 +94,13 @@ def test_a_run_killed_outright_is_completed_by_the_next_without_waiting_for_a_he
 
 def test_an_ablation_worker_killed_mid_pair_costs_the_table_nothing(tmp_path: Path) -> None:
     out, db, log = tmp_path / "t7", tmp_path / "studies.db", tmp_path / "ablate.log"
-    proc = cvt_nas_process(_args(out, seeds=2, workers=2), tmp_path, log)
-    try:
+    with cvt_nas_running(_args(out, seeds=2, workers=2), tmp_path, log) as proc:
         victim = wait_for(lambda: _running(db, 1), "a pair in training")[0]
-        pid = parse_tag(victim.user_attrs["worker"]).pid
-        assert pid is not None and pid in children(proc.pid)
+        pid = parse_tag(worker_tags([victim], proc)[0]).pid
+        assert pid is not None
         os.kill(pid, signal.SIGKILL)
         killed_at = time.time()
         assert proc.wait(timeout=900) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert _table_seeds(out) == [2, 2]
     trials = _trials(db)
     pair = (victim.params["row"], victim.params["seed"])

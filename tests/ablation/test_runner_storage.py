@@ -3,7 +3,6 @@ workers opening it at once; a pair another machine was training when it died."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import threading
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from conftest import PostgresServer
+from conftest import PostgresServer, at_once
 
 from cvt_nas.ablation.experiment import load_experiment
 from cvt_nas.ablation.runner import open_study, run_experiment
@@ -33,16 +32,9 @@ def _open_after(barrier, url: str) -> None:  # noqa: ANN001 - a multiprocessing.
 
 def test_many_workers_opening_one_new_ablation_study_at_once_all_succeed(
         tmp_path: Path) -> None:
-    ctx = mp.get_context("fork")
     for round_ in range(3):
         url = f"sqlite:///{tmp_path / f'new{round_}.db'}"
-        barrier = ctx.Barrier(4)
-        procs = [ctx.Process(target=_open_after, args=(barrier, url)) for _ in range(4)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(120)
-        assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+        assert at_once(_open_after, (url,)) == [0, 0, 0, 0]
         studies = open_storage(url, heartbeat=None).get_all_studies()
         assert [s.study_name for s in studies] == [NAME]  # one study, not four
 

@@ -28,13 +28,23 @@ def _die_unless_replacement(folder: str, n: int, index: int) -> None:
     Path(folder, "done").touch()
 
 
-def _until_stopped(folder: str, index: int) -> None:
+def _loop(folder: str, index: int, signal_self: bool) -> None:
     Path(folder, f"started-{index}").touch()
     try:
+        if signal_self:
+            os.kill(os.getpid(), signal.SIGTERM)
         while True:
             time.sleep(0.05)
     finally:
         Path(folder, f"stopped-{index}").touch()  # what a trial's cleanup would do
+
+
+def _until_stopped(folder: str, index: int) -> None:
+    _loop(folder, index, signal_self=False)
+
+
+def _stop_self(folder: str, index: int) -> None:
+    _loop(folder, index, signal_self=True)
 
 
 def _deaf(folder: str, index: int) -> None:
@@ -80,6 +90,15 @@ def test_replacements_are_bounded_and_the_loss_is_one_line(tmp_path: Path) -> No
 def test_nothing_is_replaced_when_the_work_is_done(tmp_path: Path) -> None:
     lost = run_workers(_die, (str(tmp_path),), 2, label="test", unfinished=lambda: False)
     assert len(lost) == 2 and not (tmp_path / "started-2").exists()
+
+
+def test_workers_stopped_one_by_one_are_not_replaced(tmp_path: Path) -> None:
+    """A SIGTERM sent to each worker (not to the pool) stops them: nothing is replaced."""
+    with pytest.raises(Interrupted) as err:
+        run_workers(_stop_self, (str(tmp_path),), 2, label="test", unfinished=lambda: True)
+    assert err.value.exit_code == 143
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "started-0", "started-1", "stopped-0", "stopped-1"]
 
 
 def test_sigterm_reaches_every_worker_and_each_cleans_up(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import children, cvt_nas_process, wait_for
+from conftest import cvt_nas_running, stop, wait_for, worker_tags
 
 from cvt_nas.cli import main
 from cvt_nas.common.proc import alive, parse_tag
@@ -54,17 +54,13 @@ def _running(out: Path, at_least: int = 1) -> list[optuna.trial.FrozenTrial]:
 
 def test_a_worker_killed_mid_trial_costs_the_study_nothing(tmp_path: Path) -> None:
     out, log = tmp_path / "tiny", tmp_path / "search.log"
-    proc = cvt_nas_process(_args(out, epochs=2), tmp_path, log)
-    try:
+    with cvt_nas_running(_args(out, epochs=2), tmp_path, log) as proc:
         victim = wait_for(lambda: _running(out), "a running trial")[0]
-        pid = parse_tag(victim.user_attrs["worker"]).pid
-        assert pid is not None and pid in children(proc.pid)  # a worker, not the parent
+        pid = parse_tag(worker_tags([victim], proc)[0]).pid  # a worker, not the parent
+        assert pid is not None
         os.kill(pid, signal.SIGKILL)
         killed_at = time.time()
         assert proc.wait(timeout=900) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     study = _study(out)
     trials = study.get_trials(deepcopy=False)
     records = [t.user_attrs["record"] for t in trials if "record" in t.user_attrs]
@@ -90,18 +86,10 @@ def test_sigterm_stops_every_worker_and_the_same_command_completes_the_study(
         tmp_path: Path) -> None:
     out, log = tmp_path / "tiny", tmp_path / "search.log"
     args = _args(out, epochs=3)
-    proc = cvt_nas_process(args, tmp_path, log)
-    try:
+    with cvt_nas_running(args, tmp_path, log) as proc:
         running = wait_for(lambda: _running(out, at_least=2), "both workers training")
-        tags = [t.user_attrs["worker"] for t in running]
-        assert {parse_tag(tag).pid for tag in tags} <= set(children(proc.pid))
-        proc.send_signal(signal.SIGTERM)
-        sent = time.monotonic()
-        code = proc.wait(timeout=300)
-        stopped = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        tags = worker_tags(running, proc)
+        code, stopped = stop(proc, signal.SIGTERM)
     err = log.read_text()
     assert code == 128 + signal.SIGTERM, err
     assert err.rstrip().splitlines()[-1] == (

@@ -15,6 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from conftest import at_once
 
 from cvt_nas.cli import main
 from cvt_nas.common.storage import default_storage_url
@@ -333,15 +334,6 @@ def _open_after(barrier, url: str) -> None:  # noqa: ANN001 - a multiprocessing.
 def test_many_workers_opening_a_new_sqlite_study_at_once_all_succeed(tmp_path: Path) -> None:
     """Creating the schema of a new database races ("table ... already exists"); the losers wait
     for the winner instead of failing."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork")
     for round_ in range(3):
         url = f"sqlite:///{tmp_path / f'new{round_}.db'}"
-        barrier = ctx.Barrier(4)
-        procs = [ctx.Process(target=_open_after, args=(barrier, url)) for _ in range(4)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(60)
-        assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+        assert at_once(_open_after, (url,)) == [0, 0, 0, 0]
