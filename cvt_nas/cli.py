@@ -25,7 +25,9 @@ def command_line(argv: Sequence[str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from cvt_nas.commands._common import OneLineParser
+
+    parser = OneLineParser(
         prog="cvt-nas", description="Architecture search and ablation benchmarks for CvT."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -41,15 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the exit code (2 for a usage error, printed as one line on stderr)."""
     argv = list(argv) if argv is not None else sys.argv[1:]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a bad flag (code 2) or --help (0): returned, not raised
+        return exc.code if isinstance(exc.code, int) else 2
     args.command_line = command_line(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as exc:
+        from cvt_nas.commands._common import one_line
+
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"cvt-nas {args.command}: error: {msg}", file=sys.stderr)
+        print(f"cvt-nas {args.command}: error: {one_line(str(msg))}", file=sys.stderr)
         return 2
     except WorkersLost as exc:  # its message is the one line
         print(exc, file=sys.stderr)

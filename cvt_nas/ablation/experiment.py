@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cvt_nas.common.names import check_name
 from cvt_nas.common.yamlfile import read_yaml
 from cvt_nas.model.config import CvTConfig
 from cvt_nas.model.cost import Cost, analytic_cost
@@ -148,7 +149,7 @@ class Experiment:
                              f"({r.note or 'run: false'}); it has no config")
         sc = self._scale(scale)
         try:
-            return get_config(sc.base, **r.model_overrides(scale))
+            return get_config(sc.base).replace(**r.model_overrides(scale))
         except ValueError as exc:
             raise ValueError(f"{self.path}: row {r.row!r} at scale {scale!r}: {exc}") from None
 
@@ -167,6 +168,28 @@ class Experiment:
         except ValueError as exc:
             raise ValueError(f"{self.path}: row {r.row!r} at scale {scale!r}: {exc}") from None
 
+    def check(self, scale: str | None = None, train_overrides: Mapping[str, Any] | None = None
+              ) -> None:
+        """Build every runnable row's model and training config (at ``scale``, or every scale)
+        as a run would, with ``train_overrides`` (``cvt-nas ablate --set``), so a bad row or
+        field is one clear error before any study is opened, never a failed trial in it.
+
+        Raises:
+            ValueError: the file, the row, the scale and the rule.
+        """
+        from cvt_nas.training.datasets import BUILTIN, adapt_config
+
+        for name in [scale] if scale is not None else list(self.scales):
+            for r in self.runnable(name):
+                model = self.model_config(r, name)
+                train = self.train_config(r, name, 0, **dict(train_overrides or {}))
+                if train.dataset in BUILTIN:  # an image folder may be elsewhere until a run
+                    try:
+                        adapt_config(model, train)
+                    except ValueError as exc:
+                        raise ValueError(f"{self.path}: row {r.row!r} at scale {name!r}: "
+                                         f"{exc}") from None
+
     def _scale(self, scale: str) -> Scale:
         if scale not in self.scales:
             raise ValueError(f"{self.path}: no scale {scale!r}; this file has "
@@ -180,7 +203,7 @@ class Experiment:
 def _check_keys(data: Any, allowed: Mapping[str, bool], where: str, path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: {where} must be a mapping, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(allowed))
+    unknown = sorted(map(str, set(data) - set(allowed)))
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
     missing = sorted(k for k, required in allowed.items() if required and k not in data)
@@ -194,7 +217,31 @@ def _mapping(value: Any, where: str, path: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise ValueError(f"{path}: {where} must be a mapping, got {value!r}")
+    bad = [k for k in value if not isinstance(k, str)]
+    if bad:
+        raise ValueError(f"{path}: {where}: keys must be field names, got {bad[0]!r}")
     return dict(value)
+
+
+class _Scales(dict[str, Scale]):
+    """An experiment's scales; looking up one the file lacks is a KeyError that names the file
+    and its scales (the command line prints it as one line), wherever the lookup happens."""
+
+    def __init__(self, path: str, scales: Mapping[str, Scale]) -> None:
+        super().__init__(scales)
+        self.path = path
+
+    def __missing__(self, key: str) -> Scale:
+        raise KeyError(f"{self.path}: no scale {key!r}; this file has {sorted(self)}")
+
+
+def _names(value: Any, where: str, path: str) -> tuple[str, ...]:
+    """A list of names (``columns``, a row's ``scales``); absent is empty."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{path}: {where} must be a list of names, got {value!r}")
+    return tuple(value)
 
 
 def _load_scale(name: str, data: Any, path: str) -> Scale:
@@ -228,12 +275,12 @@ def _load_row(data: Any, index: int, path: str) -> Row:
         v = _check_keys(value, _BY_SCALE_KEYS, f"{where}.by_scale.{scale}", path)
         by_scale[scale] = {k: _mapping(v.get(k), f"{where}.by_scale.{scale}.{k}", path)
                            for k in ("model", "train")}
-    scales = tuple(d.get("scales") or ())
+    scales = _names(d.get("scales"), f"{where}.scales", path)
     bad = [s for s in scales if s not in SCALES]
     if bad:
         raise ValueError(f"{path}: {where}.scales: unknown scale(s) {bad}; allowed: {list(SCALES)}")
     paper = _mapping(d.get("paper"), f"{where}.paper", path)
-    unknown = sorted(set(paper) - set(PAPER_KEYS))
+    unknown = sorted(map(str, set(paper) - set(PAPER_KEYS)))
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown} in {where}.paper; "
                          f"allowed: {list(PAPER_KEYS)}")
@@ -254,8 +301,9 @@ def _load_row(data: Any, index: int, path: str) -> Row:
 def load_experiment(path: str | Path) -> Experiment:
     """Load and validate an experiment YAML (``yaml.safe_load``).
 
-    Every runnable row's config is built at every scale it runs at, so an impossible
-    architecture fails here with the file, the row and the rule, not mid-run.
+    Every runnable row's model and training config is built at every scale it runs at
+    (`Experiment.check`), so an impossible architecture or a bad training field fails here with
+    the file, the row and the rule, not mid-run.
 
     Raises:
         FileNotFoundError: no such file.
@@ -266,8 +314,8 @@ def load_experiment(path: str | Path) -> Experiment:
     data = read_yaml(p, "experiment file", "see experiments/*.yaml", mapping=False)
     where = str(p)
     d = _check_keys(data, _TOP_KEYS, "the top level", where)
-    scales = {name: _load_scale(name, value, where)
-              for name, value in _mapping(d["scales"], "scales", where).items()}
+    scales = _Scales(where, {name: _load_scale(name, value, where)
+                             for name, value in _mapping(d["scales"], "scales", where).items()})
     if not isinstance(d["rows"], list) or not d["rows"]:
         raise ValueError(f"{where}: rows must be a non-empty list")
     rows = tuple(_load_row(r, i, where) for i, r in enumerate(d["rows"]))
@@ -275,9 +323,9 @@ def load_experiment(path: str | Path) -> Experiment:
     dupes = sorted({x for x in letters if letters.count(x) > 1})
     if dupes:
         raise ValueError(f"{where}: duplicate row(s) {dupes}")
-    columns = tuple(d.get("columns") or ())
+    columns = _names(d.get("columns"), "columns", where)
     for r in rows:
-        extra = sorted(set(r.columns) - set(columns))
+        extra = sorted(map(str, set(r.columns) - set(columns)))
         if extra:
             raise ValueError(f"{where}: row {r.row!r} fills column(s) {extra} not listed in "
                              f"columns {list(columns)}")
@@ -285,7 +333,11 @@ def load_experiment(path: str | Path) -> Experiment:
         if missing:
             raise ValueError(f"{where}: row {r.row!r} runs at scale(s) {missing} that the file "
                              f"does not define")
-    exp = Experiment(name=str(d["name"]), title=str(d["title"]), baseline=str(d["baseline"]),
+    name = d["name"]
+    if isinstance(name, int) and not isinstance(name, bool):
+        name = str(name)
+    check_name(name, f"{where}: name")  # it names the table folder and the study
+    exp = Experiment(name=name, title=str(d["title"]), baseline=str(d["baseline"]),
                      scales=scales, rows=rows, source=str(d.get("source") or ""),
                      claim=str(d.get("claim") or "").strip(), columns=columns, path=where)
     if exp.baseline not in letters:
@@ -293,9 +345,7 @@ def load_experiment(path: str | Path) -> Experiment:
     base = exp.row(exp.baseline)
     if not base.run:
         raise ValueError(f"{where}: baseline row {base.row!r} is paper-only (run: false)")
-    for scale in scales:
-        for r in exp.runnable(scale):
-            exp.model_config(r, scale)
+    exp.check()
     return exp
 
 

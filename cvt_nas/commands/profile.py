@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cvt_nas.commands._common import parse_set
+from cvt_nas.commands._common import parse_set, positive_int, set_arg
 from cvt_nas.model.presets import get_config
 from cvt_nas.model.profiling import profile
 
@@ -13,9 +13,10 @@ from cvt_nas.model.profiling import profile
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="params and MACs of a preset (with overrides)")
     p.add_argument("name", help="preset name (see `cvt-nas models`)")
-    p.add_argument("--img-size", type=int, help="input size (default: the preset's)")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field")
+    p.add_argument("--img-size", type=positive_int, help="input size (default: the preset's)")
+    p.add_argument("--num-classes", type=positive_int)
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", type=set_arg,
+                   help="override a field")
     p.add_argument(
         "--method", choices=("analytic", "fvcore", "both"), default="analytic",
         help="analytic (instant, default), fvcore (builds and traces), or both (must agree)",
@@ -30,7 +31,14 @@ def run(args: argparse.Namespace) -> int:
         overrides["num_classes"] = args.num_classes
     if args.img_size is not None:
         overrides["img_size"] = args.img_size
-    cfg = get_config(args.name, **overrides)
+    try:
+        cfg = get_config(args.name).replace(**overrides)
+    except ValueError as exc:
+        if not overrides or "unknown model" in str(exc):
+            raise
+        flags = " and ".join(f for f, given in (("--set", args.set), ("--img-size", args.img_size),
+                                                ("--num-classes", args.num_classes)) if given)
+        raise ValueError(f"{flags}: {exc}") from None
     prof = profile(cfg, method=args.method)
     out = {"name": args.name, "arch_id": cfg.arch_id(), "img_size": prof.img_size,
            "params": prof.params, "macs": prof.macs}

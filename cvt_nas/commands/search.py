@@ -8,7 +8,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cvt_nas.commands._common import parse_set
+from cvt_nas.commands._common import (
+    device_arg,
+    float_above,
+    int_at_least,
+    name_arg,
+    non_negative_float,
+    non_negative_int,
+    objectives_arg,
+    out_dir_arg,
+    parse_set,
+    positive_int,
+    set_arg,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,40 +30,41 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "command continues the study; --trials is the study's total.")
     p.add_argument("space", help="search-space YAML, e.g. search_spaces/cvt_micro.yaml")
     p.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
-    p.add_argument("--trials", type=int, help="the study's total number of trials "
+    p.add_argument("--trials", type=positive_int, help="the study's total number of trials "
                    "(default: the space's search.trials, else 10)")
-    p.add_argument("--study", help="study name (default: the space's name)")
+    p.add_argument("--study", type=name_arg, help="study name (default: the space's name)")
     p.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql+psycopg2://"
                    "user@host/db) or a *.journal/.log/.jsonl file (default: $CVT_NAS_STORAGE, "
                    "else sqlite in the results directory); keep passwords in ~/.pgpass or "
                    "$CVT_NAS_STORAGE, not on the command line")
-    p.add_argument("--out", help="results directory (default: results/<study>)")
-    p.add_argument("--objectives", help="comma list, e.g. val_top1:max,macs:min,latency:min")
+    p.add_argument("--out", type=out_dir_arg, help="results directory (default: results/<study>)")
+    p.add_argument("--objectives", type=objectives_arg,
+                   help="comma list, e.g. val_top1:max,macs:min,latency:min")
     p.add_argument("--sampler", choices=("nsga2", "tpe", "random", "grid"))
     p.add_argument("--pruner", choices=("none", "median", "sha", "hyperband", "pareto-sha",
                                         "asha"),
                    help="early stopping: median/sha/hyperband (optuna, single objective), "
                         "pareto-sha (optuna, any), asha (ray, on val_top1)")
-    p.add_argument("--seed", type=int, help="sampler seed: a single run draws the same trials "
-                   "each time; other workers, and runs joining a study that another live "
-                   "worker is on, draw from streams of their own")
-    p.add_argument("--population-size", type=int, help="NSGA-II population")
-    p.add_argument("--n-workers", type=int, default=1,
+    p.add_argument("--seed", type=non_negative_int, help="sampler seed: a single run draws the "
+                   "same trials each time; other workers, and runs joining a study that another "
+                   "live worker is on, draw from streams of their own")
+    p.add_argument("--population-size", type=int_at_least(2), help="NSGA-II population")
+    p.add_argument("--n-workers", type=positive_int, default=1,
                    help="local worker processes on the study (optuna backend)")
-    p.add_argument("--threads", type=int,
+    p.add_argument("--threads", type=positive_int,
                    help="torch threads per trial (default: CPU cores // workers)")
-    p.add_argument("--device", help="override train.device (cpu, cuda, cuda:1, auto)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+    p.add_argument("--device", type=device_arg, help="override train.device (cpu, cuda, cuda:1, auto)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", type=set_arg,
                    help="override part of the space, e.g. train.epochs=3, "
                         "constraints.max_macs=30M, search.trials=20 (repeatable)")
-    p.add_argument("--heartbeat", type=int, default=10,
+    p.add_argument("--heartbeat", type=non_negative_int, default=10,
                    help="seconds between RDB heartbeats (0: off); a dead worker's trial is "
                         "failed and retried after three missed beats")
     p.add_argument("--retrain-duplicates", action="store_true",
                    help="optuna: train a sample again even when a complete trial of the study had "
                         "the same parameters (default: copy its result, marked in `reason`)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="ray: CPUs per trial")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+    p.add_argument("--cpus-per-trial", type=float_above(0), default=1.0, help="ray: CPUs per trial")
+    p.add_argument("--gpus-per-trial", type=non_negative_float, default=0.0,
                    help="ray: GPUs per trial (fractions share a GPU)")
     p.add_argument("--address", help="ray: join this cluster (host:port from `ray start "
                    "--head`); default: start a local Ray on 127.0.0.1")

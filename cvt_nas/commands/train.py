@@ -2,8 +2,9 @@
 
 The model is a preset (``--model cvt_micro``) or a YAML file (``--config run.yaml``) holding either
 CvTConfig fields, or ``model:`` (a preset name, ``{preset: NAME, ...overrides}`` or CvTConfig
-fields), ``train:`` (TrainConfig fields) and ``recipe:``. Precedence, lowest first: recipe, the
-file's ``train:``, ``--dataset``/``--epochs``/..., ``--set``.
+fields), ``train:`` (TrainConfig fields) and ``recipe:``. CvTConfig fields that are not given keep
+CvTConfig's defaults (CvT-13's layout); an empty file or ``model:`` is an error, not CvT-13.
+Precedence, lowest first: recipe, the file's ``train:``, ``--dataset``/``--epochs``/..., ``--set``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cvt_nas.commands._common import parse_set
+from cvt_nas.commands._common import (
+    device_arg,
+    name_arg,
+    non_negative_int,
+    out_dir_arg,
+    parse_set,
+    positive_float,
+    positive_int,
+    set_arg,
+)
 from cvt_nas.common import fmt
+from cvt_nas.common.names import check_name
 from cvt_nas.common.yamlfile import read_yaml
 from cvt_nas.model.config import CvTConfig
+from cvt_nas.model.cost import analytic_cost
 from cvt_nas.model.presets import get_config
 from cvt_nas.results.io import check_out_dir, write_run
 from cvt_nas.results.records import make_record
@@ -34,24 +46,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", choices=list(RECIPES), help="training recipe (default: reduced)")
     p.add_argument("--dataset", help="fashion-mnist (default), mnist, cifar10, cifar100, "
                    "imagefolder:PATH")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, help="torch threads (default: leave as is)")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--seed", type=non_negative_int)
+    p.add_argument("--device", type=device_arg, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=non_negative_int, help="torch threads (default: leave as is)")
     p.add_argument("--data-root", help="torchvision-style data root (default: $CVT_NAS_DATA)")
     p.add_argument("--download", action="store_true", help="download missing data (torchvision)")
     p.add_argument("--eval-test", action="store_true", help="evaluate the test set at the end")
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", type=set_arg,
                    help="override a TrainConfig or CvTConfig field (prefix model. or train. "
                         "to disambiguate), e.g. --set depth=[1,1,2] --set val_fraction=0")
-    p.add_argument("--name", help="run name (default: the preset or config file name)")
-    p.add_argument("--out", help="output directory (default: runs/train/<name>)")
+    p.add_argument("--name", type=name_arg, help="run name (default: the preset or config file name)")
+    p.add_argument("--out", type=out_dir_arg, help="output directory (default: runs/train/<name>)")
     p.add_argument("--checkpoint", action="store_true",
                    help="save a checkpoint every epoch under the output dir; resume from it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the record as JSON at the end")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the configs, the data and the device, print the model's cost, "
+                        "train nothing")
     p.set_defaults(func=run)
 
 
@@ -61,46 +76,76 @@ def build_configs(args: argparse.Namespace) -> tuple[CvTConfig, TrainConfig, str
     file_train: dict[str, Any] = {}
     recipe = args.recipe
     if args.config:
-        data = read_yaml(args.config, "config file",
-                         "give CvTConfig fields, or model:/train:/recipe: sections")
+        data = read_yaml(args.config, "config file", _CONFIG_HINT)
+        if not data:
+            raise ValueError(f"{args.config}: the config file is empty; {_CONFIG_HINT}")
         if {"model", "train", "recipe"} & set(data):
-            unknown = sorted(set(data) - {"model", "train", "recipe"})
+            unknown = sorted(map(str, set(data) - {"model", "train", "recipe"}))
             if unknown:
                 raise ValueError(f"{args.config}: unknown top-level key(s) {unknown}; "
                                  "allowed: ['model', 'recipe', 'train']")
             file_model, file_train = data.get("model"), data.get("train") or {}
+            if not file_model:
+                raise ValueError(f"{args.config}: model: is missing or empty; give a preset "
+                                 "name, {preset: NAME, ...overrides} or CvTConfig fields")
+            if not isinstance(file_train, dict):
+                raise ValueError(f"{args.config}: train: must be a mapping of TrainConfig "
+                                 f"fields, got {file_train!r}")
             recipe = recipe or data.get("recipe")
+            if recipe is not None and (not isinstance(recipe, str) or recipe not in RECIPES):
+                raise ValueError(f"{args.config}: recipe: {recipe!r} is not one of "
+                                 f"{list(RECIPES)}")
         else:
             file_model = data
-        name = Path(args.config).stem
+        name = args.name or check_name(
+            Path(args.config).stem, f"--config {args.config}: the run name (from the file name)")
     else:
         file_model, name = args.model, args.model
     model_cfg = _model_from(file_model, args.config or "--model")
 
     model_set, train_set = _split_set(parse_set(args.set))
     if model_set:
-        model_cfg = model_cfg.replace(**model_set)
+        try:
+            model_cfg = model_cfg.replace(**model_set)
+        except ValueError as exc:
+            raise ValueError(f"--set: {exc}") from None
     cli = {"dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size,
            "lr": args.lr, "seed": args.seed, "device": args.device, "threads": args.threads,
            "data_root": args.data_root}
-    overrides = {**file_train, **{k: v for k, v in cli.items() if v is not None}}
+    overrides = {**{str(k): v for k, v in file_train.items()},
+                 **{k: v for k, v in cli.items() if v is not None}}
     if args.download:
         overrides["download"] = True
     if args.eval_test:
         overrides["eval_test"] = True
     overrides.update(train_set)
-    train_cfg = get_recipe(recipe or "reduced", **overrides)
+    try:
+        train_cfg = get_recipe(recipe or "reduced", **overrides)
+    except ValueError as exc:
+        where = " and ".join([*([args.config] if args.config else []), "flags/--set"])
+        raise ValueError(f"{where}: {exc}") from None
     return model_cfg, train_cfg, args.name or name
+
+
+_CONFIG_HINT = "give CvTConfig fields, or model:/train:/recipe: sections"
 
 
 def _model_from(spec: Any, source: str) -> CvTConfig:
     if isinstance(spec, str):
-        return get_config(spec)
+        try:
+            return get_config(spec)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
     if isinstance(spec, dict):
         spec = dict(spec)
         preset = spec.pop("preset", None)
         if preset is not None:
-            return get_config(preset, **spec)
+            if not isinstance(preset, str):
+                raise ValueError(f"{source}: preset: expected a preset name, got {preset!r}")
+            try:
+                return get_config(preset).replace(**{str(k): v for k, v in spec.items()})
+            except ValueError as exc:
+                raise ValueError(f"{source}: {exc}") from None
         return CvTConfig.from_dict(spec, source=source)
     raise ValueError(f"{source}: 'model' must be a preset name or a mapping, got {spec!r}")
 
@@ -141,17 +186,24 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from cvt_nas.training.data import load_dataset
-    from cvt_nas.training.trainer import adapt_config, resolve_device, run_trial
+    from cvt_nas.training.datasets import adapt_config
+    from cvt_nas.training.trainer import resolve_device, run_trial
 
     model_cfg, train_cfg, name = build_configs(args)
-    # Missing data is a usage error (exit 2, with the paths tried and the fix), not a failed trial.
+    # Missing data or a missing device is a usage error (exit 2, with the fix), not a failed trial.
     load_dataset(train_cfg.dataset, train_cfg.data_root, train_cfg.download)
     out = check_out_dir(args.out or Path("runs") / "train" / name)
     adapted = adapt_config(model_cfg, train_cfg)
+    device = resolve_device(train_cfg.device)
+    if args.dry_run:
+        cost = analytic_cost(adapted)
+        print(f"{name}: {adapted.arch_id()} on {train_cfg.dataset} at {adapted.img_size} px, "
+              f"{cost.params:,} params, {cost.macs:,} MACs; {train_cfg.epochs} epochs, recipe "
+              f"{args.recipe or 'reduced'}, device {device}; --dry-run: nothing trained")
+        return 0
     threads = train_cfg.threads or torch.get_num_threads()
     print(f"{name}: {adapted.arch_id()} on {train_cfg.dataset}, {train_cfg.epochs} epochs, "
-          f"recipe {args.recipe or 'reduced'}, device {resolve_device(train_cfg.device)}, "
-          f"{threads} threads", flush=True)
+          f"recipe {args.recipe or 'reduced'}, device {device}, {threads} threads", flush=True)
     load_before = os.getloadavg()
     result = run_trial(model_cfg, train_cfg, report=_print_epoch(train_cfg.epochs),
                        checkpoint_dir=out / f"{name}.ckpt" if args.checkpoint else None,

@@ -172,7 +172,7 @@ class CvTConfig:
         except ValueError as exc:
             raise ValueError(f"{source}: {exc}") from None
 
-    def replace(self, **overrides: Any) -> CvTConfig:
+    def replace(self, /, **overrides: Any) -> CvTConfig:
         """A copy with some fields changed; per-stage fields accept a scalar for every stage."""
         allowed = {f.name for f in fields(self) if f.name != "extra"}
         unknown = sorted(map(str, set(overrides) - allowed))

@@ -145,8 +145,8 @@ def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
         if p.exists():
             if not p.is_dir():
                 what = "is a file" if p == out else f"is under {str(p)!r}, a file"
-                raise ValueError(f"{flag} {str(out)!r} {what}; give a directory (a new one is "
-                                 "created)")
+                where = f"{flag} {str(out)!r}" if flag else repr(str(out))
+                raise ValueError(f"{where} {what}; give a directory (a new one is created)")
             break
     return out
 

@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from cvt_nas.common.names import check_name
 from cvt_nas.common.yamlfile import read_yaml
 from cvt_nas.model.config import BLOCK_FIELDS, LIMITS, MAX_MLP_RATIO, STAGE_FIELDS, CvTConfig
 from cvt_nas.model.presets import PRESETS
@@ -92,13 +93,15 @@ def parse_space(data: Any, source: str = "space", default_name: str = "space",
                          f"got {type(data).__name__}")
     _unknown(data, TOP_KEYS, source, "")
     name = data.get("name", default_name)
-    if not isinstance(name, str) or not name or any(c in name for c in "/\\ :"):
-        raise SpaceError(f"{source}: name: {name!r} must be a non-empty string without "
-                         "spaces, slashes or colons (it names the study and its directory)")
+    try:  # it names the study and its results directory
+        check_name(name, f"{source}: name")
+    except ValueError as exc:
+        hint = "" if "name" in data else " (taken from the file name; add a name: line)"
+        raise SpaceError(f"{exc}{hint}") from None
     base = _parse_base(data.get("base", "cvt_13"), source)
     train_data = _section(data, "train", source)
     recipe = train_data.pop("recipe", "reduced")
-    if recipe not in RECIPES:
+    if not isinstance(recipe, str) or recipe not in RECIPES:
         raise SpaceError(f"{source}: train.recipe: unknown recipe {recipe!r}; choose one of "
                          f"{list(RECIPES)}")
     train = tuple(_parse_train_field(k, v, recipe, source) for k, v in train_data.items())
@@ -164,7 +167,7 @@ def _parse_base(value: Any, source: str) -> CvTConfig:
                          f"fields, got {value!r}")
     data = dict(value)
     preset = data.pop("preset", "cvt_13")
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise SpaceError(f"{source}: base.preset: unknown preset {preset!r}; choose one of "
                          f"{list(PRESETS)}")
     try:
@@ -199,7 +202,7 @@ def _parse_dist(raw: dict[str, Any], key: str, source: str, kind_of_field: str
     kinds = [k for k in DIST_KINDS if k in raw]
     if len(kinds) != 1:
         raise SpaceError(f"{source}: {key}: a distribution needs exactly one of "
-                         f"{list(DIST_KINDS)}, got {sorted(raw)}")
+                         f"{list(DIST_KINDS)}, got {sorted(map(str, raw))}")
     kind, per = kinds[0], raw.get("per")
     if per is not None and per not in PER:
         raise SpaceError(f"{source}: {key}.per: {per!r} is not one of {list(PER)}")

@@ -154,7 +154,7 @@ class TrainConfig:
         data = read_yaml(path, "training config file", "write TrainConfig fields as key: value")
         return cls.from_dict(data, source=str(path))
 
-    def replace(self, **overrides: Any) -> TrainConfig:
+    def replace(self, /, **overrides: Any) -> TrainConfig:
         """A copy with some fields changed (validated; unknown fields are a ValueError)."""
         allowed = field_names()
         unknown = sorted(map(str, set(overrides) - set(allowed)))
@@ -202,9 +202,9 @@ _REDUCED: dict[str, Any] = {}
 RECIPES: dict[str, dict[str, Any]] = {"reduced": _REDUCED, "paper": _PAPER}
 
 
-def get_recipe(name: str, **overrides: Any) -> TrainConfig:
+def get_recipe(name: str, /, **overrides: Any) -> TrainConfig:
     """A named recipe (``reduced`` or ``paper``) with field overrides."""
-    if name not in RECIPES:
+    if not isinstance(name, str) or name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {list(RECIPES)}")
     data = {**RECIPES[name], **overrides}
     return TrainConfig.from_dict(data, source=f"recipe {name!r}")

