@@ -118,11 +118,12 @@ def test_a_worker_that_ignores_the_stop_is_killed_after_the_grace(tmp_path: Path
 
 
 def test_one_worker_runs_here_and_a_signal_interrupts_it(tmp_path: Path) -> None:
+    before = signal.getsignal(signal.SIGTERM)
     _signal_when(tmp_path, ["started-0"], signal.SIGTERM)
     with pytest.raises(Interrupted):
         run_workers(_until_stopped, (str(tmp_path),), 1, label="test", unfinished=lambda: True)
     assert (tmp_path / "stopped-0").exists()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
 
 
 def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
