@@ -229,7 +229,8 @@ def _validate(cfg: CvTConfig) -> None:
                 f"field {name!r}: has {length} entries but embed_dim has {n}; "
                 "every per-stage field needs one entry per stage"
             )
-    for key, lo in (("img_size", 1), ("in_chans", 1), ("num_classes", 1)):
+    # num_classes 0: no classifier, the model outputs pooled features (timm's convention)
+    for key, lo in (("img_size", 1), ("in_chans", 1), ("num_classes", 0)):
         v = getattr(cfg, key)
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"field {key!r}: must be an integer >= {lo}, got {v!r}")
