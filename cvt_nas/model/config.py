@@ -52,7 +52,7 @@ BLOCK_FIELDS: tuple[str, ...] = ("mlp_ratio", "kv_stride")
 LIMITS: dict[str, tuple[int, int]] = {
     "img_size": (1, 4096),
     "in_chans": (1, 1024),
-    "num_classes": (1, 100_000),
+    "num_classes": (0, 100_000),  # 0: no classifier (timm's convention)
     "num_stages": (1, 8),
     "embed_kernel": (1, 64),
     "embed_stride": (1, 64),
@@ -260,6 +260,7 @@ def _validate(cfg: CvTConfig) -> None:
                 f"field {name!r}: has {length} entries but embed_dim has {n}; "
                 "every per-stage field needs one entry per stage"
             )
+    # num_classes 0: no classifier, the model outputs pooled features (timm's convention)
     for key in ("img_size", "in_chans", "num_classes"):
         v = getattr(cfg, key)
         if isinstance(v, bool) or not isinstance(v, int):

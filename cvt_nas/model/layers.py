@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import DropPath, register_notrace_module
 from torch import nn
 
 from cvt_nas.model.linear import Linear
+
+# torch.fx traces through our modules, except Linear: its oneDNN dispatch is Python control flow
+# on the input tensor, so an fx graph calls it whole (timm's feature extraction and fx tests).
+register_notrace_module(Linear)
 
 
 class QuickGELU(nn.Module):
@@ -106,11 +110,14 @@ class Attention(nn.Module):
         self.proj_v = Linear(dim, dim, bias=qkv_bias)
         self.proj = Linear(dim, dim)
 
-    def _project(self, x: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, ...]:
+    def _project(
+        self, x: torch.Tensor, h: int, w: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.conv_proj_q is None and self.conv_proj_k is None:
             return x, x, x
+        cls = x[:, :1]  # (B, 1, C): the cls token, if any
         if self.with_cls_token:
-            cls, x = x[:, :1], x[:, 1:]  # (B, 1, C), (B, H*W, C)
+            x = x[:, 1:]  # (B, H*W, C)
         b, n, c = x.shape
         # (B, C, H, W) in NHWC memory: a view of the tokens, except after the cls split, where one
         # copy makes it NHWC-contiguous (else the convolutions fall back to slow NCHW kernels).
@@ -119,7 +126,7 @@ class Attention(nn.Module):
         k = self.conv_proj_k(grid) if self.conv_proj_k is not None else x  # (B, Nkv, C)
         v = self.conv_proj_v(grid) if self.conv_proj_v is not None else x  # (B, Nkv, C)
         if self.with_cls_token:
-            q, k, v = (torch.cat((cls, t), dim=1) for t in (q, k, v))
+            q, k, v = torch.cat((cls, q), dim=1), torch.cat((cls, k), dim=1), torch.cat((cls, v), dim=1)
         return q, k, v
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -76,6 +76,7 @@ class Linear(nn.Linear):
     """``nn.Linear`` over the last dimension, computed by oneDNN on float32 CPU tensors."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim >= 2 and _use_onednn(x):
-            return onednn_linear(x, self.weight, self.bias)
+        if not torch.jit.is_scripting():  # TorchScript compiles only F.linear
+            if x.ndim >= 2 and _use_onednn(x):
+                return onednn_linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LoadReport", "load_pretrained", "read_state_dict"]
+__all__ = ["LoadReport", "load_pretrained", "read_state_dict", "resolve_checkpoint", "timm_filter_fn"]
 
 OFFICIAL = "official"
 HUGGINGFACE = "huggingface"
@@ -38,6 +38,7 @@ _PREFIXES = ("module.", "_orig_mod.")
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 _HF_DIR_FILES = ("model.safetensors", "pytorch_model.bin")
 _MAX_NAMES = 12
+_STEM = "stage0.patch_embed.proj.weight"
 
 _HF_STAGE = re.compile(r"^(?:cvt\.)?encoder\.stages\.(\d+)\.(.+)$")
 _HF_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
@@ -130,6 +131,75 @@ def load_pretrained(
     """
     state, layout, origin, source = _read(checkpoint)
     report = LoadReport(source=source, layout=layout)
+    problems = _check_fit(model, state, origin, report, strict_head, strict_pos_embed)
+    if problems:
+        raise ValueError(_fit_error(model, state, source, layout, problems))
+    with torch.no_grad():
+        for k in report.kept:
+            if k.endswith(".pos_embed"):
+                _set_zero(model, k)
+    result = model.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys and set(result.missing_keys) <= set(report.kept)
+    report.loaded = [k for k in model.state_dict() if k in state]
+    return report
+
+
+def timm_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
+    """timm's ``pretrained_filter_fn`` for the CvT presets: a checkpoint that timm has read, in
+    the official or the Hugging Face layout, under official names and checked against the model.
+
+    timm adapts two things after this function: the stem to another ``in_chans``, and the
+    classifier, which it drops when the model has another ``num_classes`` than the pretrained
+    config; those are not errors here. A position embedding the checkpoint lacks starts at zero
+    (``strict_pos_embed=False``). Anything else that does not fit is one `ValueError` naming the
+    keys, as from `load_pretrained`.
+    """
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    source = str(cfg.get("file") or cfg.get("hf_hub_id") or cfg.get("url") or "<state dict>")
+    state, layout, origin, _ = _read(state_dict)
+    report = LoadReport(source=source, layout=layout)
+    if cfg.get("num_classes") not in (None, getattr(model, "num_classes", None)):
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}  # timm drops it
+        report.kept.update({k: "timm makes a new head" for k in model.state_dict()
+                            if k.startswith("head.")})
+    problems = _check_fit(model, state, origin, report, strict_head=True, strict_pos_embed=False,
+                          stem_adapted=True)
+    if problems:
+        raise ValueError(_fit_error(model, state, source, layout, problems))
+    target = model.state_dict()
+    for k in report.kept:
+        if k.endswith(".pos_embed"):
+            state[k] = torch.zeros_like(target[k], device="cpu")
+        elif k.endswith(".num_batches_tracked"):
+            state[k] = target[k].to("cpu")
+    return state
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """The weight file a path names: the file itself, or a Hugging Face model folder's
+    ``model.safetensors`` / ``pytorch_model.bin``.
+
+    Raises:
+        FileNotFoundError: nothing there, or a folder without those files.
+    """
+    return _resolve(Path(path))
+
+
+# -- fitting a state dict to a model -------------------------------------------------------------
+
+
+def _check_fit(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    origin: Mapping[str, str],
+    report: LoadReport,
+    strict_head: bool,
+    strict_pos_embed: bool,
+    stem_adapted: bool = False,
+) -> list[str]:
+    """What keeps ``state`` from loading into ``model``; fills ``report.kept``/``skipped`` and
+    removes a skipped head from ``state``. ``stem_adapted``: the stem may differ in its input
+    channels (timm converts it)."""
     target = model.state_dict()
     problems: list[str] = []
 
@@ -148,9 +218,12 @@ def load_pretrained(
 
     shapes = []
     for k in sorted(set(state) & set(target)):
-        if state[k].shape != target[k].shape:
-            shapes.append(f"{_label(k, origin)}: checkpoint {_shape(state[k])} vs model "
-                          f"{_shape(target[k])}{_shape_hint(k, state[k])}")
+        ours, theirs = _shape(target[k]), _shape(state[k])
+        if stem_adapted and k == _STEM and ours[:1] + ours[2:] == theirs[:1] + theirs[2:]:
+            continue
+        if theirs != ours:
+            shapes.append(f"{_label(k, origin)}: checkpoint {theirs} vs model "
+                          f"{ours}{_shape_hint(k, state[k])}")
     if shapes:
         problems.append(f"shape mismatch ({len(shapes)}):\n    " + "\n    ".join(shapes))
 
@@ -177,23 +250,17 @@ def load_pretrained(
     if unexpected:
         names = [_label(k, origin) for k in _compact(unexpected, state)]
         problems.append(f"unexpected in the checkpoint ({len(unexpected)}): {_names(names)}")
+    return problems
 
-    if problems:
-        hint = _arch_hint(model, state)
-        raise ValueError(
-            f"cannot load {source} ({layout} layout) into the model:\n  "
-            + "\n  ".join(problems)
-            + (f"\n  {hint}" if hint else "")
-        )
 
-    with torch.no_grad():
-        for k in pos_missing:
-            if k in report.kept:
-                _set_zero(model, k)
-    result = model.load_state_dict(state, strict=False)
-    assert not result.unexpected_keys and set(result.missing_keys) <= set(report.kept)
-    report.loaded = [k for k in target if k in state]
-    return report
+def _fit_error(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, layout: str,
+               problems: list[str]) -> str:
+    hint = _arch_hint(model, state)
+    return (
+        f"cannot load {source} ({layout} layout) into the model:\n  "
+        + "\n  ".join(problems)
+        + (f"\n  {hint}" if hint else "")
+    )
 
 
 def read_state_dict(

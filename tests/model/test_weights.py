@@ -1,13 +1,6 @@
 """`load_pretrained`: Hugging Face parity, official-layout and safetensors round trips, errors.
 
-No downloads: the Hugging Face side is a `CvtForImageClassification` with seeded random weights,
-with BatchNorm running statistics and LayerNorm/BatchNorm affine parameters randomized too, so a
-wrongly mapped norm or a swapped q/k/v changes the logits.
-
-Tolerance: max abs logit difference 1e-4 in float32. The two implementations compute the same
-function with differently ordered float32 ops (SDPA vs einsum attention); the measured difference
-is ~2e-6 for CvT-13 and CvT-21 at logit std ~1, while a real mismatch moves the logits by far
-more: QuickGELU instead of GELU by ~3e-2, a head_dim attention scale instead of dim by ~0.4.
+The Hugging Face side and the logit tolerance are those of tests/model/hf_cvt.py.
 """
 
 from __future__ import annotations
@@ -16,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hf_cvt import TINY, TINY_HF, TOL, hf_model, logits, randomize_norms, tiny_input
 from safetensors.torch import save_file
 from torch import nn
 
@@ -24,88 +18,12 @@ from cvt_nas.model.config import CvTConfig
 from cvt_nas.model.network import CvT
 from cvt_nas.model.weights import load_pretrained, read_state_dict
 
-transformers = pytest.importorskip("transformers")
-from transformers import CvtConfig, CvtForImageClassification  # noqa: E402
-
-TOL = 1e-4
-
-
-def _randomize_norms(model: nn.Module, seed: int) -> None:
-    """Random norm affine parameters, BatchNorm statistics and cls tokens (default init is 1/0)."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(t: torch.Tensor, mean: float, std: float) -> None:
-        t.copy_(mean + std * torch.randn(t.shape, generator=gen))
-
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.LayerNorm | nn.BatchNorm2d):
-                rand(m.weight, 1.0, 0.2)
-                rand(m.bias, 0.0, 0.2)
-            if isinstance(m, nn.BatchNorm2d):
-                rand(m.running_mean, 0.0, 0.2)
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
-                m.num_batches_tracked.fill_(7)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                rand(m.bias, 0.0, 0.02)
-        for name, p in model.named_parameters():
-            if name.endswith(("cls_token", "pos_embed")):
-                rand(p, 0.0, 1.0)
-
-
-def _hf_model(seed: int, **config: object) -> CvtForImageClassification:
-    """A `CvtForImageClassification` with seeded random weights.
-
-    Built on the meta device and filled here, which takes a fraction of the CPU time of its
-    own init. Weights are normal with std 1/sqrt(fan_in), so pre-activations and attention
-    logits are O(1) as in a trained network (std 0.02 would leave GELU and softmax almost
-    linear and hide an activation or scale mismatch).
-    """
-    with torch.device("meta"):
-        model = CvtForImageClassification(CvtConfig(**config))
-    model.to_empty(device="cpu").eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            std = p[0].numel() ** -0.5 if p.ndim > 1 else 0.02
-            p.normal_(0.0, std, generator=gen)
-    _randomize_norms(model, seed + 1)
-    return model
-
-
-def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        if not isinstance(model, CvtForImageClassification):
-            return model(x)
-        if model.config.cls_token[-1]:
-            return model(pixel_values=x).logits
-        # Without a cls token the port's forward fails (it indexes outputs[1], which is absent):
-        # run its mean-pooling branch by hand.
-        tokens = model.cvt(pixel_values=x).last_hidden_state.flatten(2).transpose(1, 2)
-        return model.classifier(model.layernorm(tokens).mean(dim=1))
-
-
-# A small CvT whose Hugging Face twin is built from TINY_HF.
-TINY_HF = dict(
-    embed_dim=[16, 32, 48], num_heads=[1, 2, 3], depth=[1, 2, 3], num_labels=10,
-    cls_token=[False, False, True],
-)
-TINY = CvTConfig(
-    img_size=64, num_classes=10, embed_dim=(16, 32, 48), num_heads=(1, 2, 3), depth=(1, 2, 3),
-    act="gelu",
-)
-
-
-def _tiny_input(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
 # -- Hugging Face parity -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name, depth", [("cvt_13", [1, 2, 10]), ("cvt_21", [1, 4, 16])])
 def test_hf_logits_match(name: str, depth: list[int]) -> None:
-    hf = _hf_model(0, num_labels=1000, depth=depth)
+    hf = hf_model(0, num_labels=1000, depth=depth)
     with torch.device("meta"):  # skip our init: every tensor is overwritten (asserted below)
         ours = cvt_nas.create_model(name, act="gelu")
     ours.to_empty(device="cpu").eval()
@@ -115,26 +33,26 @@ def test_hf_logits_match(name: str, depth: list[int]) -> None:
     assert report.num_loaded == len(ours.state_dict()) == len(hf.state_dict())
     assert not report.skipped and not report.kept
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    diff = (_logits(hf, x) - _logits(ours, x)).abs().max().item()
+    diff = (logits(hf, x) - logits(ours, x)).abs().max().item()
     assert diff < TOL, f"{name}: max abs logit difference {diff:.3g}"
 
 
 def test_hf_tolerance_is_meaningful() -> None:
     """QuickGELU instead of the port's GELU is caught: the check is not vacuous."""
-    hf = _hf_model(0, **TINY_HF)
-    x = _tiny_input()
+    hf = hf_model(0, **TINY_HF)
+    x = tiny_input()
     diffs = {}
     for act in ("gelu", "quick_gelu"):
         ours = CvT(TINY.replace(act=act)).eval()
         load_pretrained(ours, hf.state_dict())
-        diffs[act] = (_logits(hf, x) - _logits(ours, x)).abs().max().item()
+        diffs[act] = (logits(hf, x) - logits(ours, x)).abs().max().item()
     assert diffs["gelu"] < TOL
     assert diffs["quick_gelu"] > 100 * TOL
 
 
 def test_hf_norm_eps_equal_ours() -> None:
     """The port ignores `CvtConfig.layer_norm_eps` (1e-12): all norms use eps 1e-5, as ours."""
-    hf = _hf_model(0, **TINY_HF)
+    hf = hf_model(0, **TINY_HF)
     assert hf.config.layer_norm_eps == 1e-12
     for model in (hf, CvT(TINY)):
         norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm | nn.BatchNorm2d)]
@@ -144,7 +62,7 @@ def test_hf_norm_eps_equal_ours() -> None:
 @pytest.mark.parametrize("fmt", ["save_pretrained", "bin"])
 def test_hf_files_and_mean_pooling(tmp_path: Path, fmt: str) -> None:
     """A model folder (model.safetensors) or pytorch_model.bin; no cls token: mean pooling."""
-    hf = _hf_model(3, **{**TINY_HF, "cls_token": [False, False, False]})
+    hf = hf_model(3, **{**TINY_HF, "cls_token": [False, False, False]})
     if fmt == "save_pretrained":
         hf.save_pretrained(tmp_path)
         src: Path = tmp_path
@@ -155,13 +73,13 @@ def test_hf_files_and_mean_pooling(tmp_path: Path, fmt: str) -> None:
     report = load_pretrained(ours, src)
     assert report.num_loaded == len(ours.state_dict())
     assert report.source.endswith(("model.safetensors", "pytorch_model.bin"))
-    x = _tiny_input()
-    assert (_logits(hf, x) - _logits(ours, x)).abs().max().item() < TOL
+    x = tiny_input()
+    assert (logits(hf, x) - logits(ours, x)).abs().max().item() < TOL
 
 
 def test_hf_without_classifier() -> None:
     """A checkpoint without the classifier loads with strict_head=False; our head is kept."""
-    hf = _hf_model(0, **TINY_HF)
+    hf = hf_model(0, **TINY_HF)
     state = {k: v for k, v in hf.state_dict().items() if not k.startswith("classifier.")}
     ours = CvT(TINY).eval()
     head_before = ours.head.weight.clone()
@@ -180,7 +98,7 @@ def test_hf_without_classifier() -> None:
 def _trained_like(cfg: CvTConfig, seed: int) -> CvT:
     torch.manual_seed(seed)
     model = CvT(cfg).eval()
-    _randomize_norms(model, seed + 1)
+    randomize_norms(model, seed + 1)
     return model
 
 
@@ -200,7 +118,7 @@ def test_official_pth_round_trip(tmp_path: Path) -> None:
     for k, v in src.state_dict().items():
         assert torch.equal(dst.state_dict()[k], v), k
     x = torch.randn(2, 1, 32, 32)
-    assert torch.equal(_logits(src, x), _logits(dst, x))
+    assert torch.equal(logits(src, x), logits(dst, x))
 
 
 def test_safetensors_and_state_dict_round_trip(tmp_path: Path) -> None:
@@ -211,13 +129,13 @@ def test_safetensors_and_state_dict_round_trip(tmp_path: Path) -> None:
     for checkpoint in (path, str(path), src.state_dict()):
         dst = _trained_like(MICRO_POS, 1)
         load_pretrained(dst, checkpoint)
-        assert torch.equal(_logits(src, x), _logits(dst, x))
+        assert torch.equal(logits(src, x), logits(dst, x))
     state, layout = read_state_dict(path)
     assert layout == "official" and state.keys() == src.state_dict().keys()
 
 
 def test_read_state_dict_renames_hf_keys() -> None:
-    hf_state = _hf_model(0, **TINY_HF).state_dict()
+    hf_state = hf_model(0, **TINY_HF).state_dict()
     state, layout = read_state_dict(hf_state)
     assert layout == "huggingface"
     assert state.keys() == CvT(TINY).state_dict().keys()
@@ -257,7 +175,7 @@ def test_hf_head_mismatch_names_the_hf_key() -> None:
     ours = CvT(TINY.replace(num_classes=5))
     with pytest.raises(ValueError, match=r"head\.weight \(checkpoint classifier\.weight\): "
                        r"checkpoint \(10, 48\) vs model \(5, 48\); pass num_classes=10"):
-        load_pretrained(ours, _hf_model(0, **TINY_HF).state_dict())
+        load_pretrained(ours, hf_model(0, **TINY_HF).state_dict())
 
 
 def test_missing_pos_embed() -> None:
@@ -270,7 +188,7 @@ def test_missing_pos_embed() -> None:
     report = load_pretrained(dst, src.state_dict(), strict_pos_embed=False)
     assert set(report.kept) == {f"stage{s}.pos_embed" for s in range(3)}
     x = torch.randn(2, 1, 32, 32)
-    assert torch.equal(_logits(src, x), _logits(dst, x))  # zero position embedding: same function
+    assert torch.equal(logits(src, x), logits(dst, x))  # zero position embedding: same function
 
 
 def test_unexpected_pos_embed_and_depth_hint() -> None:
