@@ -12,7 +12,6 @@ import argparse
 import math
 import unicodedata
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
@@ -88,17 +87,6 @@ def name_arg(text: str) -> str:
         return check_name(text, "name")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("name: ")) from None
-
-
-def out_dir_arg(text: str) -> Path:
-    """An output directory, resolved to an absolute path; an existing file there is refused
-    (the command creates the directory when it writes)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("expected a directory, got an empty path")
-    path = Path(text).expanduser().resolve()
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{path} is a file, not a directory")
-    return path
 
 
 def objectives_arg(text: str) -> str:

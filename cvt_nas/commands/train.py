@@ -22,7 +22,6 @@ from cvt_nas.commands._common import (
     device_arg,
     name_arg,
     non_negative_int,
-    out_dir_arg,
     parse_set,
     positive_float,
     positive_int,
@@ -57,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="override a TrainConfig or CvTConfig field (prefix model. or train. "
                         "to disambiguate), e.g. --set depth=[1,1,2] --set val_fraction=0")
     p.add_argument("--name", type=name_arg, help="run name (default: the preset or config file name)")
-    p.add_argument("--out", type=out_dir_arg, help="output directory (default: runs/train/<name>)")
+    p.add_argument("--out", help="output directory (default: runs/train/<name>)")
     p.add_argument("--checkpoint", action="store_true",
                    help="save a checkpoint every epoch under the output dir; resume from it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -190,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     model_cfg, train_cfg, name = build_configs(args)
     # Missing data or a missing device is a usage error (exit 2, with the fix), not a failed trial.
     load_dataset(train_cfg.dataset, train_cfg.data_root, train_cfg.download)
-    out = Path(args.out or Path("runs") / "train" / name).resolve()
+    out = Path(args.out or Path("runs") / "train" / name)
     adapted = adapt_config(model_cfg, train_cfg)
     device = resolve_device(train_cfg.device)
     if args.dry_run:
