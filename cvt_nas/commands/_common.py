@@ -12,7 +12,6 @@ import argparse
 import math
 import unicodedata
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
@@ -88,19 +87,6 @@ def name_arg(text: str) -> str:
         return check_name(text, "name")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("name: ")) from None
-
-
-def out_dir_arg(text: str) -> Path:
-    """An output directory, resolved to an absolute path; an existing file there is refused
-    (the command creates the directory when it writes)."""
-    from cvt_nas.results.io import check_out_dir
-
-    if not text.strip():
-        raise argparse.ArgumentTypeError("expected a directory, got an empty path")
-    try:
-        return check_out_dir(Path(text).expanduser().resolve(), flag="")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def objectives_arg(text: str) -> str:

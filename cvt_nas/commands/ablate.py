@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cvt_nas.ablation.experiment import SCALES, load_experiment
 from cvt_nas.ablation.table import build_table, table_markdown, write_table
-from cvt_nas.commands._common import out_dir_arg, parse_set, positive_int, train_set_arg
+from cvt_nas.commands._common import parse_set, positive_int, train_set_arg
 from cvt_nas.common.atomic import atomic_write_text
 from cvt_nas.results.io import check_out_dir
 
@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--costs-only", action="store_true",
                    help="print our exact params/MACs next to the paper's (no training); writes "
                         "table.csv/.md only with --out, so trained tables are never overwritten")
-    p.add_argument("--out", type=out_dir_arg, help="output folder (default: results/ablations/<name>)")
+    p.add_argument("--out", help="output folder (default: results/ablations/<name>)")
     p.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql+psycopg2://"
                    "user@host/db) or a *.journal/.log/.jsonl file (default: $CVT_NAS_STORAGE, "
                    "else SQLite studies.db next to the output folder, shared by the tables); "

@@ -6,7 +6,6 @@ import argparse
 
 import pandas as pd
 
-from cvt_nas.commands._common import out_dir_arg
 from cvt_nas.results import (
     atomic_path,
     atomic_write_text,
@@ -39,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ref", action="append", metavar="NAME=VALUE",
                    help="hypervolume reference value per objective (default: 10%% past the "
                    "worst complete trial of all studies)")
-    p.add_argument("--out", type=out_dir_arg, default="results/compare",
+    p.add_argument("--out", default="results/compare",
                    help="where to write compare.png, compare.md, hypervolume.csv, fronts.csv "
                    "(default: results/compare)")
     p.set_defaults(func=run)

@@ -16,7 +16,6 @@ from cvt_nas.commands._common import (
     non_negative_float,
     non_negative_int,
     objectives_arg,
-    out_dir_arg,
     parse_set,
     positive_int,
     set_arg,
@@ -37,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "user@host/db) or a *.journal/.log/.jsonl file (default: $CVT_NAS_STORAGE, "
                    "else sqlite in the results directory); keep passwords in ~/.pgpass or "
                    "$CVT_NAS_STORAGE, not on the command line")
-    p.add_argument("--out", type=out_dir_arg, help="results directory (default: results/<study>)")
+    p.add_argument("--out", help="results directory (default: results/<study>)")
     p.add_argument("--objectives", type=objectives_arg,
                    help="comma list, e.g. val_top1:max,macs:min,latency:min")
     p.add_argument("--sampler", choices=("nsga2", "tpe", "random", "grid"))

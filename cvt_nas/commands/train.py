@@ -21,7 +21,6 @@ from cvt_nas.commands._common import (
     device_arg,
     name_arg,
     non_negative_int,
-    out_dir_arg,
     parse_set,
     positive_float,
     positive_int,
@@ -59,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="override a TrainConfig or CvTConfig field (prefix model. or train. "
                         "to disambiguate), e.g. --set depth=[1,1,2] --set val_fraction=0")
     p.add_argument("--name", type=name_arg, help="run name (default: the preset or config file name)")
-    p.add_argument("--out", type=out_dir_arg, help="output directory (default: runs/train/<name>)")
+    p.add_argument("--out", help="output directory (default: runs/train/<name>)")
     p.add_argument("--checkpoint", action="store_true",
                    help="save a checkpoint every epoch under the output dir; resume from it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

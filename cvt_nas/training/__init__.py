@@ -1,3 +1,4 @@
-"""The training stage: `TrainConfig` and recipes, datasets, augmentation, checkpoints and the
-trainer (`run_trial`). `config` is torch-free; the rest imports torch.
+"""The training stage: `TrainConfig` and recipes, the dataset table and `adapt_config`
+(`datasets`), per-epoch seeds, data loading, augmentation, checkpoints and the trainer
+(`run_trial`). `config`, `datasets` and `seeds` are torch-free; the rest imports torch.
 """

@@ -234,6 +234,17 @@ BAD = [
      "every architecture tried is invalid", "not divisible by num_heads"),
     ({"search": {"sampler": "cmaes"}}, "search.sampler: 'cmaes' is not one of", None),
     ({"search": {"trials": 0}}, "search.trials: must be an integer >= 1", None),
+    # sizes past CvTConfig's limits are refused at load, not sampled (a 10**8 depth range hung)
+    ({"model": {"depth": [1, 1, {"int": [1, 100_000_000]}]}},
+     "model.depth[2].int: 100000000 is out of range for depth (allowed: 1 to 64)", None),
+    ({"model": {"embed_dim": {"choice": [16, 10**6]}}}, "model.embed_dim.choice: 1000000", None),
+    ({"model": {"mlp_ratio": {"float": [1, 1e9]}}}, "out of range for mlp_ratio", None),
+    ({"model": {"head_dim": 10**5}}, "model.head_dim: 100000 is out of range", None),
+    ({"model": {"depth": {"int": [1, 10**30]}}}, "model.depth.int: bounds must be within", None),
+    ({"name": "../../x"}, "name: '../../x' is not a valid name", None),
+    ({"name": "a b"}, "name: 'a b' is not a valid name", None),
+    ({"train": {"recipe": ["reduced"]}}, "train.recipe: unknown recipe ['reduced']", None),
+    ({"base": {"preset": ["cvt_13"]}}, "base.preset: unknown preset", None),
 ]
 
 
@@ -304,3 +315,15 @@ def test_arch_id_is_stable_across_equal_configs_and_ignores_training_fields() ->
     assert a.arch_id == b.arch_id and a.train != b.train
     same = CvTConfig.from_dict(a.model.to_dict())
     assert same.arch_id() == a.arch_id
+
+
+def test_a_huge_training_range_is_counted_not_listed() -> None:
+    """Sizes and greedy corners come from counts: a 10**8-value range costs nothing to analyse,
+    and only grid search (which must list it) refuses it."""
+    space = parse_space(micro(train={"epochs": {"int": [1, 100_000_000]},
+                                     "seed": {"int": [0, 10**9], "step": 10}}))
+    assert space.size() == 2 * 100_000_000 * (10**8 + 1)
+    report = analyze(space, n_random=8)
+    assert report.params_range[0] <= report.params_range[1]
+    with pytest.raises(SpaceError, match=r"train.epochs: grid search over 100,000,000 values"):
+        space.grid()

@@ -195,3 +195,16 @@ def test_set_routes_fields_to_the_right_config() -> None:
                                "train.seed": 3, "lr": 1e-3})
     assert model == {"depth": [1, 1, 1], "act": "gelu"}
     assert train == {"img_size": 28, "seed": 3, "lr": 1e-3}
+
+
+def test_train_dry_run_checks_everything_and_trains_nothing(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["train", "--model", "cvt_micro", "--set", "depth=[1,1,2]", "--dry-run",
+                 "--out", str(out)]) == 0
+    line = capsys.readouterr().out.strip()
+    cost = analytic_cost(get_config("cvt_micro", depth=(1, 1, 2)))
+    assert f"{cost.params:,} params, {cost.macs:,} MACs" in line and "nothing trained" in line
+    assert not out.exists()
+    assert main(["train", "--model", "cvt_micro", "--dry-run", "--set", "embed_padding=0",
+                 "--set", "img_size=2"]) == 2
+    assert "no tokens" in capsys.readouterr().err  # the adapted config is checked too

@@ -65,6 +65,15 @@ def test_unknown_keys_name_the_key_source_and_allowed_fields() -> None:
         ("eval_test", "yes", "true or false"),
         ("train_subset", 0, "integer >= 1 or null"),
         ("threads", -1, "integer >= 0 or null"),
+        # hardening: NaN, infinities, absurd sizes and malformed devices are refused by name
+        ("val_fraction", float("nan"), r"\[0.0, 1.0\)"),
+        ("hflip", float("nan"), r"\[0.0, 1.0\]"),
+        ("clip_grad", float("inf"), "finite number > 0"),
+        ("clip_grad", float("nan"), "finite number > 0"),
+        ("img_size", 10**6, "integer from 1 to 4096 or null"),
+        ("seed", 2**32, "integer from 0 to 4294967295"),
+        ("device", "cuda:x", "'cuda:N'"),
+        ("device", "cuda:", "'cuda:N'"),
     ],
 )
 def test_bad_values_name_field_value_and_rule(field: str, value: object, rule: str) -> None:
