@@ -1,7 +1,7 @@
 """Read the trials and epochs tables back from where a study keeps them.
 
 Every trial of a search (either backend) or an ablation stores its record (`make_record`) and
-history (`history_rows` input) with the trial (docs/CONTRACTS.md):
+history (`history_rows` input) with the trial (docs/architecture.md):
 
 * Optuna: ``trial.user_attrs["record"]`` and ``trial.user_attrs["history"]``, read by
   `study_records` (the one reader: the search's own tables, ``cvt-nas ablate``,

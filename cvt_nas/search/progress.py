@@ -15,6 +15,7 @@ from typing import Any
 
 import optuna
 
+from cvt_nas.common import fmt
 from cvt_nas.common.storage import redact
 from cvt_nas.search.study import collect, make_storage, tally, write_results
 
@@ -30,29 +31,9 @@ def front_summary(records: list[dict[str, Any]], objectives: dict[str, str], lim
     front = pareto_front(records_frame(done), objectives)
     parts = []
     for _, row in front.head(limit).iterrows():
-        parts.append("/".join(_short(name, row[name]) for name in objectives))
+        parts.append("/".join(fmt.short(name, row[name]) for name in objectives))
     more = f" (+{len(front) - limit})" if len(front) > limit else ""
     return "front " + ", ".join(parts) + more
-
-
-def _short(name: str, value: Any) -> str:
-    if name == "val_top1":
-        return f"{value:.1f}%"
-    if name == "latency":
-        return f"{value:.1f}ms"
-    scale = next((s for s in ((1e9, "G"), (1e6, "M"), (1e3, "k")) if abs(value) >= s[0]),
-                 (1, ""))
-    return f"{value / scale[0]:.3g}{scale[1]} {name}"
-
-
-def _duration(seconds: float) -> str:
-    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 class Progress:
@@ -91,10 +72,10 @@ class Progress:
         if self._done_at_start is None:
             self._done_at_start = done
         elapsed = time.monotonic() - self._start
-        text = f"{_duration(elapsed)} elapsed"
+        text = f"{fmt.duration(elapsed)} elapsed"
         finished = done - self._done_at_start
         if finished > 0 and done < self.total:
-            text += f", ~{_duration(elapsed / finished * (self.total - done))} left"
+            text += f", ~{fmt.duration(elapsed / finished * (self.total - done))} left"
         return text
 
     def _run(self) -> None:

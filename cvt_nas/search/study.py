@@ -2,7 +2,7 @@
 
 Both backends keep their trials in an Optuna study (the Ray backend through `OptunaSearch`), so
 resuming, counting, the progress line and the results tables work the same way for both. Each
-finished trial holds ``user_attrs["record"]`` and ``user_attrs["history"]`` (docs/CONTRACTS.md).
+finished trial holds ``user_attrs["record"]`` and ``user_attrs["history"]`` (docs/architecture.md).
 
 Counting toward ``--trials N`` (the study's total): a trial counts once it holds a record
 (complete, pruned, failed, diverged, oom, infeasible) or while it runs. A trial that failed

@@ -142,7 +142,7 @@ def test_paper_table6_params(overrides: dict, paper_m: float) -> None:
 @pytest.mark.parametrize(("kv_stride", "paper_g"), [(1, 6.55), (2, 4.53)])
 def test_paper_table7_flops(kv_stride: int, paper_g: float) -> None:
     # Exact count: 6.643 G at stride 1 (1.4% above the paper's 6.55 G, which sits below every
-    # exact count: see README "What is counted"), 4.566 G at stride 2.
+    # exact count: see docs/model.md "What is counted"), 4.566 G at stride 2.
     cost = analytic_cost(get_config("cvt_13", kv_stride=kv_stride))
     assert cost.macs / 1e9 == pytest.approx(paper_g, rel=REL_TOL_PAPER)
 

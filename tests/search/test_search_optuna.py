@@ -18,12 +18,13 @@ import yaml
 from conftest import at_once
 
 from cvt_nas.cli import main
+from cvt_nas.common.fmt import duration
 from cvt_nas.common.storage import default_storage_url
 from cvt_nas.model.config import CvTConfig
 from cvt_nas.model.cost import analytic_cost
 from cvt_nas.search import study as store
 from cvt_nas.search.optuna_backend import SearchRun, make_pruner
-from cvt_nas.search.progress import Progress, _duration
+from cvt_nas.search.progress import Progress
 from cvt_nas.search.rungs import promotable, rung_epochs
 from cvt_nas.search.trial import TrialSettings
 from cvt_nas.space import load_space
@@ -317,7 +318,7 @@ def test_another_machines_dead_trial_is_failed_and_queued_before_the_study_is_co
 
 
 def test_progress_line_shows_elapsed_time_and_an_estimate_of_the_rest(tmp_path: Path) -> None:
-    assert [_duration(s) for s in (4.6, 185, 7620)] == ["5 s", "3 min 05 s", "2 h 07 min"]
+    assert [duration(s) for s in (4.6, 185, 7620)] == ["5 s", "3 min 05 s", "2 h 07 min"]
     progress = Progress("sqlite:///x.db", "s", total=10, objectives={"val_top1": "max"},
                               out_dir=tmp_path, meta={}, show=False)
     progress._start -= 60  # this run started a minute ago, when 4 trials were already done
