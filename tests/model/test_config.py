@@ -56,7 +56,7 @@ def test_replace_scalar_sets_every_stage() -> None:
         ({"img_size": 5000}, ["img_size", "from 1 to 4096"]),
         ({"embed_dim": (64, 192, 10**5)}, ["embed_dim", "stage 3", "from 1 to 8192"]),
         ({"num_heads": (1, 3, 512)}, ["num_heads", "from 1 to 256"]),
-        ({"num_classes": 10**6}, ["num_classes", "from 1 to 100000"]),
+        ({"num_classes": 10**6}, ["num_classes", "from 0 to 100000"]),
         ({"kv_stride": (2, (2, 100), 2)}, ["kv_stride", "stage 2", "from 1 to 64"]),
         ({"mlp_ratio": (4, 4, 1e9)}, ["mlp_ratio", "at most 64"]),
         ({"embed_dim": [64] * 9, **{f: [v[0]] * 9 for f, v in CVT_13.to_dict().items()

@@ -80,7 +80,8 @@ def test_search_refuses_empty_objectives(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["search", str(space), "--objectives", "", "--dry-run",
                  "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip() == (
-        "cvt-nas search: error: --objectives: no objective given; e.g. val_top1:max,macs:min")
+        "cvt-nas search: error: argument --objectives: no objective given; e.g. "
+        "val_top1:max,macs:min (see cvt-nas search --help)")
 
 
 def test_a_study_yaml_with_a_refused_objective_is_a_clear_error(tmp_path: Path) -> None:
