@@ -17,6 +17,9 @@ import pytest
 from cvt_nas.model.presets import PRESETS
 from cvt_nas.model.registry import PRETRAINED_CFGS
 
+if "CVT_TIMM_SRC" not in os.environ:
+    pytest.skip("run through scripts/timm_tests.sh, which sets CVT_TIMM_SRC to timm's sources",
+                allow_module_level=True)
 sys.path.insert(0, os.environ["CVT_TIMM_SRC"])
 timm_tests = importlib.import_module("tests.test_models")
 
