@@ -19,9 +19,11 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"common", "model"},
     "results": {"common", "model", "training"},
     "space": {"common", "model", "training", "results"},
-    "search": {"common", "model", "training", "results", "space"},
+    "search": {"common", "model", "training", "results", "space", "bench"},
     "ablation": {"common", "model", "training", "results", "space"},
-    "commands": {"common", "model", "training", "results", "space", "search", "ablation", "cli"},
+    "bench": {"common", "model", "training", "results", "space", "ablation"},
+    "commands": {"common", "model", "training", "results", "space", "search", "ablation", "bench",
+                 "cli"},
     "cli": {"commands", "common"},
     "__init__": {"model", "training"},
 }

@@ -28,7 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Run a search over a space file (search_spaces/*.yaml). Re-running the same "
                     "command continues the study; --trials is the study's total.")
     p.add_argument("space", help="search-space YAML, e.g. search_spaces/cvt_micro.yaml")
-    p.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
+    p.add_argument("--backend", type=_backend, default="optuna",
+                   help="optuna (default), ray, or table:DIR: answer each trial from a CvT-Bench "
+                        "table (simulated time; docs/bench.md)")
     p.add_argument("--trials", type=positive_int, help="the study's total number of trials "
                    "(default: the space's search.trials, else 10)")
     p.add_argument("--study", type=name_arg, help="study name (default: the space's name)")
@@ -73,6 +75,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _backend(value: str) -> str:
+    if value in ("optuna", "ray") or (value.startswith("table:") and value != "table:"):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}: choose optuna, ray or table:DIR (a CvT-Bench "
+                                     "table directory, e.g. table:benchmarks/cvtbench/cvt_micro)")
+
+
 def _cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -101,10 +110,20 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         _describe(space, analyze(space), trials, objectives)
         return 0
+    table = args.backend.removeprefix("table:") if args.backend.startswith("table:") else None
+    runner = None
+    if table is not None:
+        from cvt_nas.search.table_backend import prepare
+
+        if args.n_workers > 1:
+            raise ValueError("--n-workers: --backend table runs its trials in this process "
+                             "(simulated time, one worker); drop --n-workers")
+        space, runner = prepare(space, table, objectives, seed)
     threads = args.threads or max(1, _cpus() // args.n_workers)
     if args.backend == "ray":
         threads = args.threads or max(1, int(args.cpus_per_trial))
-    settings = TrialSettings(study=study, backend=args.backend, objectives=dict(objectives),
+    settings = TrialSettings(study=study, backend="table" if table else args.backend,
+                             objectives=dict(objectives),
                              device=args.device, threads=threads)
     from cvt_nas.common.storage import check_url, default_storage_url, redact, resolve_url
     from cvt_nas.search.optuna_backend import SearchRun
@@ -118,13 +137,13 @@ def run(args: argparse.Namespace) -> int:
                        sampler=sampler, pruner=pruner, seed=seed,
                        population_size=args.population_size or defaults.get("population_size"),
                        heartbeat=args.heartbeat or None,
-                       reuse_duplicates=not args.retrain_duplicates)
+                       reuse_duplicates=not args.retrain_duplicates, runner=runner)
     meta: dict[str, Any] = {
         "command": args.command_line, "space_file": str(args.space), "space": space.raw,
         "settings": {"backend": args.backend, "trials": trials, "sampler": sampler,
                      "pruner": pruner, "seed": seed, "storage": redact(url),
                      "n_workers": args.n_workers, "threads": threads, "device": args.device,
-                     "reuse_duplicates": args.backend == "optuna" and not args.retrain_duplicates,
+                     "reuse_duplicates": args.backend != "ray" and not args.retrain_duplicates,
                      "overrides": parse_set(args.set)},
     }
     print(f"cvt-nas search: study {study!r} ({args.backend}, {sampler}, pruner {pruner}), "
@@ -147,7 +166,12 @@ def run(args: argparse.Namespace) -> int:
                              "study through --storage")
         from cvt_nas.search.optuna_backend import run_search
 
-        run_search(search, args.n_workers, out, meta, progress=not args.quiet)
+        if table is not None:
+            from cvt_nas.search.table_backend import run_table_search
+
+            run_table_search(search, out, meta, progress=not args.quiet)
+        else:
+            run_search(search, args.n_workers, out, meta, progress=not args.quiet)
     _summary(out, study)
     return 0
 

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import BaseStorage
 
 from cvt_nas.common.pool import STOP, run_workers
 from cvt_nas.search import study as store
 from cvt_nas.search.progress import Progress
 from cvt_nas.search.rungs import promotable, rung_epochs, to_point
-from cvt_nas.search.trial import Gate, Report, TrialSettings, evaluate, worker_tag
+from cvt_nas.search.trial import Gate, Report, Runner, TrialSettings, evaluate, worker_tag
 from cvt_nas.space import SearchSpace, SpaceError
 
 OPTUNA_PRUNERS = ("none", "median", "sha", "hyperband", "pareto-sha")
@@ -58,6 +59,7 @@ class SearchRun:
     heartbeat: int | None = 10
     eta: int = 3
     reuse_duplicates: bool = True
+    runner: Runner | None = field(default=None, repr=False)  # None: train here (LocalRunner)
 
     @property
     def epochs(self) -> int:
@@ -246,7 +248,7 @@ class Objective:
 
         outcome = evaluate(run.space, sample, trial.number, run.settings,
                            _reporter(run, study, trial), on_gate,
-                           self.previous if run.reuse_duplicates else None)
+                           self.previous if run.reuse_duplicates else None, run.runner)
         trial.set_user_attr("record", outcome.record)
         trial.set_user_attr("history", outcome.history)
         if outcome.reused:
@@ -258,10 +260,17 @@ class Objective:
         raise TrialFailed(f"{outcome.status}: {outcome.record.get('reason')}")
 
 
-def run_worker(run: SearchRun, index: int = 0) -> int:
-    """Run trials of the study until it holds ``run.trials``; returns how many this one ran."""
+def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = None,
+               gc_after_trial: bool = True) -> int:
+    """Run trials of the study until it holds ``run.trials``; returns how many this one ran.
+
+    ``storage``: an open storage to use instead of ``run.storage_url`` (e.g. Optuna's
+    in-memory one, for simulated studies, which also skip the garbage collection after each
+    trial that frees a trained model's memory).
+    """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage = store.make_storage(run.storage_url, run.heartbeat)
+    if storage is None:
+        storage = store.make_storage(run.storage_url, run.heartbeat)
     study = store.open_study(storage, run.settings.study, run.settings.objectives,
                              pruner=make_pruner(run))
     store.fail_dead_trials(study)  # a dead worker is not another live one
@@ -276,7 +285,7 @@ def run_worker(run: SearchRun, index: int = 0) -> int:
             if not _unfinished(study, run):
                 break
             study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial),
-                           gc_after_trial=True)
+                           gc_after_trial=gc_after_trial)
             ran += 1
             if objective.surplus:
                 break

@@ -4,7 +4,9 @@
     -> [latency] -> run_trial -> record (cvt_nas.results.make_record) -> objective values
 
 A backend only draws the sample with its own sampler, passes a per-epoch ``report`` callback
-(pruning lives there) and stores what `evaluate` returns. Configs over budget are never built or
+(pruning lives there) and stores what `evaluate` returns. Where a feasible sample runs is a
+`Runner`: trained here (`LocalRunner`, the default), or answered from a CvT-Bench table
+(`cvt_nas.search.table_backend.TableRunner`). Configs over budget are never built or
 trained: they come back ``infeasible`` with the reason and a constraint violation > 0 that the
 backend hands to its sampler, so it is steered away from them.
 """
@@ -17,7 +19,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from cvt_nas.common.proc import worker_tag
 from cvt_nas.model.config import CvTConfig
@@ -32,7 +34,8 @@ Report = Callable[[int, dict[str, Any]], None]
 LATENCY_UNKNOWN = math.inf
 
 __all__ = [
-    "Gate", "LATENCY_UNKNOWN", "Outcome", "TrialSettings", "evaluate", "gate", "preflight",
+    "Gate", "LATENCY_UNKNOWN", "LocalRunner", "Outcome", "Runner", "TrialSettings", "evaluate",
+    "gate", "preflight",
     "measure_latency", "objective_values", "parse_objectives", "record_extra", "worker_tag",
 ]
 
@@ -102,6 +105,43 @@ class Outcome:
     values: list[float] | None = None  # None: the sampler gets no values (pruned, failed)
     gate: Gate | None = None
     reused: bool = False  # the result of an earlier trial with the same parameters
+
+
+class Runner(Protocol):
+    """Where a feasible sample runs: its latency, its training, and columns of its own."""
+
+    def latency(self, g: Gate, settings: TrialSettings) -> float:
+        """Inference latency (ms) of the gate's model, before training (an objective)."""
+        ...
+
+    def run(self, sample: Sample, g: Gate, report: Report | None) -> Any:
+        """Train (or look up) the sample; a `TrialResult`. ``report`` may raise `TrialPruned`."""
+        ...
+
+    def finish(self, record: dict[str, Any], result: Any | None) -> None:
+        """Complete a trial's record in place (every status; ``result`` None when not run)."""
+        ...
+
+
+class LocalRunner:
+    """The default runner: latency measured and the sample trained in this process."""
+
+    def latency(self, g: Gate, settings: TrialSettings) -> float:
+        import torch
+
+        assert g.model is not None and g.train is not None
+        if g.train.threads:
+            torch.set_num_threads(g.train.threads)
+        return measure_latency(g.model, g.train.device, settings.latency_batch)
+
+    def run(self, sample: Sample, g: Gate, report: Report | None) -> Any:
+        from cvt_nas.training.trainer import run_trial
+
+        assert sample.model is not None and g.train is not None
+        return run_trial(sample.model, g.train, report=report, cost=g.cost)
+
+    def finish(self, record: dict[str, Any], result: Any | None) -> None:
+        """Nothing to add: `make_record` wrote every column of a trained trial."""
 
 
 def gate(space: SearchSpace, sample: Sample, settings: TrialSettings) -> Gate:
@@ -212,6 +252,7 @@ def evaluate(
     report: Report | None = None,
     on_gate: Callable[[Gate, dict[str, float]], None] | None = None,
     reuse: Callable[[str], tuple[dict[str, Any], list[dict[str, Any]]] | None] | None = None,
+    runner: Runner | None = None,
 ) -> Outcome:
     """Run one trial of a search from its sample: gate, (latency,) train, record.
 
@@ -231,6 +272,8 @@ def evaluate(
             same thread count is deterministic, so retraining would give the same numbers; on
             another thread count or device they differ by floating-point rounding (or GPU
             nondeterminism), far less than seed-to-seed noise.
+        runner: where a feasible sample runs (default `LocalRunner`: trained here); its
+            ``finish`` completes every record, trained or not.
 
     Returns:
         The outcome; ``values`` are set for ``complete`` trials (the objectives) and for
@@ -238,6 +281,7 @@ def evaluate(
     """
     from cvt_nas.results import make_record
 
+    runner = runner if runner is not None else LocalRunner()
     g = gate(space, sample, settings)
     extra = record_extra(sample, g, settings)
     known: dict[str, float] = {}
@@ -247,6 +291,7 @@ def evaluate(
         if on_gate is not None:
             on_gate(g, known)
         record = _infeasible_record(space, sample, g, trial, settings, extra)
+        runner.finish(record, None)
         return Outcome("infeasible", record, [], _infeasible_values(g, settings.objectives), g)
     assert g.model is not None and g.train is not None
     assert sample.model is not None  # gate() gives no model for a sample without one
@@ -256,17 +301,14 @@ def evaluate(
             known["latency"] = float(previous[0]["latency"])
         if on_gate is not None:
             on_gate(g, known)
-        return _reused(previous, trial, extra, settings, g)
+        outcome = _reused(previous, trial, extra, settings, g)
+        runner.finish(outcome.record, None)
+        return outcome
     if "latency" in settings.objectives:
-        import torch
-
-        if g.train.threads:
-            torch.set_num_threads(g.train.threads)
-        extra["latency"] = known["latency"] = measure_latency(
-            g.model, g.train.device, settings.latency_batch)
+        extra["latency"] = known["latency"] = runner.latency(g, settings)
     if on_gate is not None:
         on_gate(g, known)
-    from cvt_nas.training.trainer import TrialPruned, run_trial
+    from cvt_nas.training.trainer import TrialPruned
 
     why: list[str] = []
 
@@ -278,11 +320,12 @@ def evaluate(
             why.append(str(exc) or f"pruned after epoch {epoch}")
             raise
 
-    result = run_trial(sample.model, g.train, report=reporting if report else None, cost=g.cost)
+    result = runner.run(sample, g, reporting if report else None)
     record = make_record(study=settings.study, trial=trial, backend=settings.backend,
                          model_cfg=g.model, train_cfg=g.train, result=result,
                          reason=result.error or (why[0] if why else None), extra=extra,
                          cost=g.cost)
+    runner.finish(record, result)
     values = None
     if result.status == "complete":
         values = objective_values(record, settings.objectives)

@@ -1,0 +1,212 @@
+"""Simulated search: ``cvt-nas search SPACE.yaml --backend table:DIR`` answers trials from a table.
+
+The Optuna backend runs as it always does (samplers, pruners, study identity, records, results
+directory); only two parts change:
+
+* the space, a `TableSpace`: the sampler still draws the space's own parameters (so NSGA-II and
+  TPE see its real structure), and a valid, feasible draw is mapped to the nearest architecture
+  of the table with a complete run (`cvt_nas.bench.Bench.nearest`: Hamming distance over the
+  parameters, ties to the smallest ``arch_id``). ``params_sampled`` keeps the draw, the
+  architecture columns and ``arch_id`` are the table's, ``table_distance`` says how far apart.
+  Invalid or over-budget draws are refused by the gate at no cost, as in a real search. The
+  space's training parameters (e.g. ``train.lr``) are not drawn: the table pinned them.
+* the runner, a `TableRunner`: the per-epoch rows of one recorded run are replayed through the
+  trial's ``report`` callback, so every pruner (median, sha, hyperband, pareto-sha) sees them
+  as it would see training; a pruned trial stops at its epoch.
+
+Which run answers: an architecture with complete runs for seeds ``s_0 < ... < s_{n-1}`` is
+answered, in a search seeded ``S`` (``--seed``, else 0), by ``s_i`` with
+``i = stream_seed(S, arch_id) mod n``: within one search an architecture always gives the same
+numbers, and searches with other seeds see other runs.
+
+Simulated time: one worker, trials back to back. A trial costs the recorded train + eval seconds
+of the epochs it ran (a pruned trial only those; a refused or reused one nothing); its record
+holds ``wall_time_s`` (that cost), ``sim_time_s`` (the clock when it ended) and ``finished_at``
+= 1970-01-01 UTC + ``sim_time_s``, so the hypervolume-against-time plots of `cvt-nas report` /
+`compare` read simulated time. A resumed study continues its clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cvt_nas.bench import Bench, load
+from cvt_nas.search import study as store
+from cvt_nas.search.optuna_backend import SearchRun, run_search, run_worker, stream_seed
+from cvt_nas.search.trial import Gate, Report, TrialSettings
+from cvt_nas.space import Sample, SearchSpace, Suggest
+
+SIM_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # finished_at of a simulated trial: this + clock
+
+
+@dataclass(frozen=True)
+class TableSpace(SearchSpace):
+    """A search space restricted to the architectures of a table (see the module docstring)."""
+
+    bench: Bench | None = field(default=None, compare=False, repr=False)
+
+    def sample(self, suggest: Suggest) -> Sample:
+        assert self.bench is not None
+        drawn = super().sample(suggest)
+        train = self.bench.train_config()
+        if drawn.model is None or self.violations(drawn):  # the gate refuses it, at no cost
+            return Sample(drawn.params, drawn.model, train, drawn.error)
+        arch_id, _ = self.bench.nearest(drawn.params)
+        return Sample(drawn.params, self.bench.config(arch_id), train)
+
+
+def table_space(space: SearchSpace, bench: Bench) -> TableSpace:
+    """``space`` restricted to ``bench``'s architectures, its training pinned to the table's.
+
+    Raises:
+        ValueError: the space's ``base`` or ``model`` differs from the one the table was built
+            from, or a stored config does not give its ``arch_id``.
+    """
+    built = bench.space()
+    if space.base != built.base or space.model != built.model:
+        what = "base" if space.base != built.base else "model"
+        raise ValueError(f"{space.source}: its {what} section differs from the space the table "
+                         f"{bench.path} was built from ({bench.manifest.get('space_file')}); "
+                         "search a table with the space file it was built from")
+    ids = bench.archs["arch_id"].tolist()
+    for arch_id in ids:
+        if bench.config(arch_id).arch_id() != arch_id:
+            raise ValueError(f"{bench.path / 'archs.parquet'}: arch_id {arch_id!r} does not "
+                             "match its 'arch' column; rebuild the table")
+    values = {f.name: getattr(space, f.name) for f in fields(SearchSpace)}
+    values["train"] = ()  # pinned by the table: nothing to draw
+    return TableSpace(**values, bench=bench)
+
+
+@dataclass
+class TableRunner:
+    """Answers feasible samples from a table's recorded runs; keeps the simulated clock."""
+
+    bench: Bench
+    seed: int = 0  # the search's seed: which recorded run answers an architecture
+    clock: float = 0.0  # simulated seconds when the last trial ended
+
+    def answering_seed(self, arch_id: str) -> int:
+        """The recorded run (seed) that answers ``arch_id`` in this search."""
+        seeds = self.bench.seeds(arch_id)
+        if not seeds:
+            raise ValueError(f"{self.bench.path}: arch_id {arch_id!r} has no complete run")
+        return seeds[stream_seed(self.seed, arch_id) % len(seeds)]
+
+    def latency(self, g: Gate, settings: TrialSettings) -> float:
+        assert g.model is not None
+        value = self.bench.query(g.model.arch_id()).latency_ms
+        if value is None:
+            raise ValueError(f"{self.bench.path / 'archs.parquet'}: no latency_ms for "
+                             f"{g.model.arch_id()}; drop the latency objective")
+        return value
+
+    def run(self, sample: Sample, g: Gate, report: Report | None) -> Any:
+        from cvt_nas.training.trainer import TrialPruned, TrialResult
+
+        assert g.model is not None
+        arch_id = g.model.arch_id()
+        seed = self.answering_seed(arch_id)
+        rows = self.bench.curve(arch_id, seed)
+        costs = self.bench.query(arch_id, seed=seed)
+        first = rows.iloc[0]
+        result = TrialResult(
+            status="complete", params=costs.params, macs=costs.macs, val_top1=None,
+            val_top5=None, test_top1=None, test_top5=None, train_loss=None, epochs=0,
+            wall_time_s=0.0, images_per_s=None, seed=seed, device=str(first["device"]),
+            threads=int(first["threads"]))
+        try:
+            for r in rows.itertuples(index=False):
+                metrics = {"epoch": int(r.epoch), "train_loss": _f(r.train_loss),
+                           "val_top1": _f(r.val_top1), "val_top5": _f(r.val_top5),
+                           "time_s": _f(r.train_time_s), "eval_time_s": _f(r.eval_time_s)}
+                result.history.append(metrics)
+                result.epochs, result.wall_time_s = int(r.epoch), float(r.time_s)
+                result.train_loss, result.val_top1, result.val_top5 = (
+                    metrics["train_loss"], metrics["val_top1"], metrics["val_top5"])
+                if report is not None:
+                    report(int(r.epoch), dict(metrics))
+        except TrialPruned:
+            result.status = "pruned"
+            return result
+        result.test_top1, result.test_top5 = costs.test_top1, costs.test_top5
+        return result
+
+    def finish(self, record: dict[str, Any], result: Any | None) -> None:
+        """Advance the clock by the trial's cost; stamp ``sim_time_s`` and ``finished_at``."""
+        self.clock += float(record.get("wall_time_s") or 0.0)
+        record["sim_time_s"] = self.clock
+        record["finished_at"] = (SIM_EPOCH + timedelta(seconds=self.clock)).isoformat(
+            timespec="milliseconds")
+        if result is not None:
+            drawn = json.loads(record.get("params_sampled") or "{}")
+            record["table_distance"] = self.bench.distance(drawn, record["arch_id"])
+
+
+def _f(v: Any) -> float | None:
+    return None if v is None or v != v else float(v)  # NaN -> None
+
+
+def prepare(space: SearchSpace, table: str | Path, objectives: Mapping[str, str],
+            seed: int | None) -> tuple[TableSpace, TableRunner]:
+    """Load the table and check it can answer this search: its restricted space and runner.
+
+    Raises:
+        FileNotFoundError, ValueError: no table there, a broken one, another space, or an
+            objective the table cannot answer (one line each).
+    """
+    bench = load(table)
+    restricted = table_space(space, bench)
+    if "latency" in objectives and bench.archs["latency_ms"].isna().any():
+        n = int(bench.archs["latency_ms"].isna().sum())
+        raise ValueError(f"--objectives latency: {bench.path / 'archs.parquet'} has no "
+                         f"latency_ms for {n} architectures yet; drop latency or measure it")
+    unknown = [o for o in objectives if o not in ("val_top1", "macs", "params", "latency")]
+    if unknown:
+        raise ValueError(f"--objectives {unknown}: a table answers val_top1, macs, params and "
+                         "latency")
+    return restricted, TableRunner(bench, seed or 0)
+
+
+def run_table_search(run: SearchRun, out_dir: str | Path, meta: dict[str, Any],
+                     progress: bool = True) -> None:
+    """Run (or resume) a simulated study in this process and write its results directory.
+
+    ``run.runner`` is the `TableRunner` of `prepare`; its clock resumes from the study's
+    records. The study's total simulated time goes into study.yaml (``simulated``).
+    """
+    runner = run.runner
+    assert isinstance(runner, TableRunner)
+    storage = store.make_storage(run.storage_url, run.heartbeat)
+    study = store.open_study(storage, run.settings.study, run.settings.objectives,
+                             space=run.space)
+    records, _ = store.collect(study)
+    runner.clock = max((float(r.get("sim_time_s") or 0.0) for r in records), default=0.0)
+    study = run_search(run, 1, out_dir, meta, progress=progress)
+    simulated = {"time_s": runner.clock, "workers": 1, "table": str(runner.bench.path),
+                 "table_archs": len(runner.bench.archs),
+                 "table_runs": len(runner.bench.final())}
+    store.write_results(study, out_dir, run.settings.objectives, {**meta, "simulated": simulated})
+
+
+def simulate(run: SearchRun) -> list[dict[str, Any]]:
+    """Run one simulated study in memory (no files) and return its records by trial number.
+
+    For studies of search algorithms: ``run.runner`` is a fresh `TableRunner` (clock 0).
+    """
+    import optuna
+
+    storage = optuna.storages.InMemoryStorage()
+    run_worker(run, 0, storage, gc_after_trial=False)
+    study = store.open_study(storage, run.settings.study, run.settings.objectives)
+    records, _ = store.collect(study)
+    return sorted(records, key=lambda r: int(r["trial"]))
+
+
+__all__ = ["SIM_EPOCH", "TableRunner", "TableSpace", "prepare", "run_table_search", "simulate",
+           "table_space"]
