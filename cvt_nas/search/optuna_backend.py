@@ -260,13 +260,12 @@ class Objective:
         raise TrialFailed(f"{outcome.status}: {outcome.record.get('reason')}")
 
 
-def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = None,
-               gc_after_trial: bool = True) -> int:
+def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = None) -> int:
     """Run trials of the study until it holds ``run.trials``; returns how many this one ran.
 
     ``storage``: an open storage to use instead of ``run.storage_url`` (e.g. Optuna's
-    in-memory one, for simulated studies, which also skip the garbage collection after each
-    trial that frees a trained model's memory).
+    in-memory one, for simulated studies). A trained model's memory is collected after each
+    trial; a runner that trains nothing (``run.runner``, e.g. a table) skips that.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if storage is None:
@@ -285,7 +284,7 @@ def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = Non
             if not _unfinished(study, run):
                 break
             study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial),
-                           gc_after_trial=gc_after_trial)
+                           gc_after_trial=run.runner is None)
             ran += 1
             if objective.surplus:
                 break

@@ -202,7 +202,7 @@ def simulate(run: SearchRun) -> list[dict[str, Any]]:
     import optuna
 
     storage = optuna.storages.InMemoryStorage()
-    run_worker(run, 0, storage, gc_after_trial=False)
+    run_worker(run, 0, storage)
     study = store.open_study(storage, run.settings.study, run.settings.objectives)
     records, _ = store.collect(study)
     return sorted(records, key=lambda r: int(r["trial"]))

@@ -1,0 +1,60 @@
+"""The table's own front and rank agreement (`cvt_nas.bench.analysis`), against brute force."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cvt_nas.bench import kendall_tau, load, rank_agreement, table_front
+from cvt_nas.results import hypervolume_points
+
+OBJ = {"val_top1": "max", "macs": "min"}
+
+
+def _tau_b(x, y):
+    """Kendall's tau-b from its definition, pair by pair."""
+    c = d = tx = ty = 0
+    for i, j in itertools.combinations(range(len(x)), 2):
+        s = np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])
+        c, d = c + (s > 0), d + (s < 0)
+        tx, ty = tx + (x[i] == x[j]), ty + (y[i] == y[j])
+    n0 = len(x) * (len(x) - 1) // 2
+    denom = np.sqrt((n0 - tx) * (n0 - ty))
+    return (c - d) / denom if denom else float("nan")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4)), min_size=2, max_size=12))
+def test_kendall_tau_is_tau_b_with_ties(pairs):
+    x, y = (np.array(v, dtype=float) for v in zip(*pairs, strict=True))
+    tau, c, d = kendall_tau(x, y)
+    want = _tau_b(x, y)
+    assert (np.isnan(tau) and np.isnan(want)) or abs(tau - want) < 1e-12
+    assert kendall_tau(x, x)[0] == 1.0 or np.isnan(want)
+
+
+def test_table_front_is_the_brute_force_front_of_every_final_run(tiny_table):
+    b = load(tiny_table)
+    front = table_front(b, OBJ)
+    final = b.final()
+    pts = [(r.val_top1, r.macs) for r in final.itertuples()]
+    nd = {(v, m) for v, m in pts
+          if not any(v2 >= v and m2 <= m and (v2, m2) != (v, m) for v2, m2 in pts)}
+    assert set(zip(front.points["val_top1"], front.points["macs"], strict=True)) == nd
+    ref = np.array([-front.reference["val_top1"], front.reference["macs"]])
+    hv = hypervolume_points(np.array([(-v, m) for v, m in pts]), ref)
+    assert front.hypervolume == hv > 0 and front.runs == len(final) == 13
+    assert front.reference["val_top1"] < min(v for v, _ in pts)  # every run adds volume
+
+
+def test_rank_agreement_compares_each_seed_s_first_epoch_with_its_last(tiny_table):
+    b = load(tiny_table)
+    agree = rank_agreement(b)
+    assert list(agree["seed"]) == [0, 1] and set(agree["epoch"]) == {1}
+    seed0 = b.final()[lambda d: d["seed"] == 0].set_index("arch_id")["val_top1"]
+    early = b.final(1)[lambda d: d["seed"] == 0].set_index("arch_id")["val_top1"][seed0.index]
+    assert agree["archs"].iloc[0] == len(seed0) == 11
+    assert agree["kendall_tau"].iloc[0] == kendall_tau(early.to_numpy(), seed0.to_numpy())[0]
