@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 FORMAT = "cvt-bench/1"
-MAX_DRAWS_PER_ARCH = 200  # give up when this many draws per wanted architecture found nothing new
+STALE_DRAWS = 5000  # draws in a row without a new feasible architecture: the space is exhausted
 LATENCY_REPEATS = 20
 Log = Callable[[str], None]
 
@@ -111,21 +111,23 @@ def sample_archs(space: SearchSpace, n: int, seed: int = 0) -> list[BenchArch]:
 
     Raises:
         ValueError: the space holds fewer than ``n`` feasible architectures (as far as
-            ``MAX_DRAWS_PER_ARCH`` draws per architecture could tell).
+            `STALE_DRAWS` draws in a row without a new one can tell).
     """
     rng = random.Random(seed)
     pinned = {f"train.{k}": v for k, v in pinned_train(space).items()}
     out: list[BenchArch] = []
     seen: set[str] = set()
-    draws = 0
+    stale = 0
     while len(out) < n:
-        draws += 1
-        if draws > MAX_DRAWS_PER_ARCH * n:
-            raise ValueError(f"{space.source}: found only {len(out)} feasible, distinct "
-                             f"architectures in {draws - 1} draws; ask for fewer (--archs)")
+        if stale >= STALE_DRAWS:
+            raise ValueError(f"{space.source}: the space has only {len(out)} feasible, distinct "
+                             f"architectures ({STALE_DRAWS} draws found no other); ask for "
+                             f"--archs {len(out)} or fewer")
+        stale += 1
         s = space.sample(FixedSuggest(pinned, fallback=RandomSuggest(rng)))
         if s.model is None or space.violations(s) or s.model.arch_id() in seen:
             continue
+        stale = 0
         seen.add(s.model.arch_id())
         params = {k: v for k, v in s.params.items() if not k.startswith("train.")}
         out.append(BenchArch(s.model.arch_id(), "sample", len(out), s.model, params))
