@@ -99,7 +99,7 @@ def test_table_has_every_run_epoch_and_measurement(table: Path) -> None:
         sample = space.build({**{k: (v.item() if hasattr(v, "item") else v)
                                  for k, v in params.items()}, "train.lr": 0.002})
         assert sample.arch_id == row["arch_id"]
-        assert row["params"] == space.cost(sample.model).params
+        assert sample.model is not None and row["params"] == space.cost(sample.model).params
     assert m["format"] == FORMAT and m["space"] == "tiny" and m["epochs"] == 1
     assert m["counts"] == {"archs": 3, "runs": 3, "failed": 0}
     assert m["pinned"] == {"lr": 0.002} and m["train"]["lr"] == 0.002
