@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from cvt_nas.common.pool import WorkersLost
 
-COMMANDS = ("models", "profile", "train", "search", "report", "compare", "ablate")
+COMMANDS = ("models", "profile", "train", "search", "report", "compare", "ablate", "bench")
 
 
 def command_line(argv: Sequence[str]) -> str:

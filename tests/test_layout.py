@@ -1,6 +1,6 @@
 """The package layout says what the code does: one package per stage of the data path, imports
-flowing one way (commands -> ablation, search -> space, results, training -> model -> common),
-and no import cycle between modules (function-level imports included)."""
+flowing one way (commands -> search -> bench -> ablation -> space, results, training -> model ->
+common), and no import cycle between modules (function-level imports included)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ ALLOWED: dict[str, set[str]] = {
     "search": {"common", "model", "training", "results", "space", "bench"},
     "ablation": {"common", "model", "training", "results", "space"},
     "bench": {"common", "model", "training", "results", "space", "ablation"},
-    "commands": {"common", "model", "training", "results", "space", "search", "ablation", "bench",
-                 "cli"},
+    "commands": {"common", "model", "training", "results", "space", "search", "ablation",
+                 "bench", "cli"},
     "cli": {"commands", "common"},
     "__init__": {"model", "training"},
 }

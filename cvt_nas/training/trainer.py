@@ -206,9 +206,11 @@ class _Trial:
                 seed_all(epoch_seed(self.tcfg.seed, epoch, "weights"))
             train_loss, images, seconds, lr = self.train_epoch(epoch)
             metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+            start = time.perf_counter()
             metrics.update(self.evaluate("val") if self.data.num_val else
                            {"val_top1": None, "val_top5": None})
-            metrics.update(lr=lr, time_s=seconds, images=images, images_per_s=images / seconds)
+            metrics.update(lr=lr, time_s=seconds, images=images, images_per_s=images / seconds,
+                           eval_s=time.perf_counter() - start)
             self._record(metrics)
             if self.checkpoint_dir is not None:
                 self._save(epoch)

@@ -1,0 +1,491 @@
+"""Build a CvT-Bench table: train a fixed, seeded sample of a space's architectures, record them.
+
+`build` draws the first N feasible, distinct architectures of a search space from a seeded
+random stream (the first N of a longer run are the same N, so a table grows by asking for more),
+adds named ones (the rows of paper-ablation experiments at their reduced scale), and trains every
+(architecture, seed) pair with the space's training recipe, its sampled training fields (e.g.
+``lr``) pinned to one value, for a fixed number of epochs with a test evaluation at the end.
+
+Training is the ablation runner's: the architectures become the rows of a generated experiment
+file in the table's folder (``experiments/<name>.yaml``), run as a resumable Optuna grid study in
+one storage (default ``DIR/bench.db``; a PostgreSQL URL lets workers on many machines share it).
+A pair already trained in any study of the storage is never trained again, so successive builds
+(30 architectures x 3 seeds, then 300 x 1) share their common runs.
+
+`export` then reads every study of the storage and writes the table (format ``cvt-bench/1``,
+see docs/bench.md): ``table.parquet`` (one row per architecture, seed and epoch),
+``archs.parquet`` (one row per architecture, with its sampled parameters, exact params/MACs and
+its measured CPU batch-1 latency and training-step memory) and ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from cvt_nas.common.atomic import atomic_write_text
+from cvt_nas.common.names import check_name
+from cvt_nas.model.config import CvTConfig
+from cvt_nas.model.presets import get_config
+from cvt_nas.results.records import arch_json
+from cvt_nas.space import SearchSpace, load_space
+from cvt_nas.space.sampling import FixedSuggest, RandomSuggest
+from cvt_nas.training.config import TrainConfig, get_recipe
+
+__all__ = [
+    "FORMAT",
+    "BenchArch",
+    "bench_train_config",
+    "build",
+    "export",
+    "named_archs",
+    "pinned_train",
+    "sample_archs",
+]
+
+FORMAT = "cvt-bench/1"
+STALE_DRAWS = 5000  # draws in a row without a new feasible architecture: the space is exhausted
+LATENCY_REPEATS = 20
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchArch:
+    """One architecture of a table: where it came from, its config and its sampled parameters."""
+
+    arch_id: str
+    source: str  # "sample" or "named"
+    sample_index: int  # position in the seeded sample; -1 for named architectures
+    cfg: CvTConfig
+    params: dict[str, Any] = field(default_factory=dict)  # the space's model parameters
+    names: tuple[str, ...] = ()  # "experiment:row" of every named row with this architecture
+
+
+# -- what is trained ----------------------------------------------------------------------------
+
+
+def pinned_train(space: SearchSpace) -> dict[str, Any]:
+    """One value for each sampled training field of ``space``: the recipe's own value when the
+    space's range holds it, else the range's (geometric, for log ranges) middle or first choice.
+    A table compares architectures, so everything but the architecture is held fixed."""
+    recipe = get_recipe(space.recipe)
+    out: dict[str, Any] = {}
+    for spec in space.train:
+        dist = spec.entries[0].dist
+        if dist is None:
+            continue
+        default = getattr(recipe, spec.name)
+        if dist.kind == "choice":
+            out[spec.name] = default if default in dist.choices else dist.choices[0]
+        elif default is not None and dist.low <= default <= dist.high:
+            out[spec.name] = default
+        else:
+            mid = math.sqrt(dist.low * dist.high) if dist.log else (dist.low + dist.high) / 2
+            out[spec.name] = int(round(mid)) if dist.kind == "int" else mid
+    return out
+
+
+def bench_train_config(space: SearchSpace, epochs: int, **overrides: Any) -> TrainConfig:
+    """The training config of every run of a table (seed 0): the space's fixed training fields,
+    its sampled ones pinned (`pinned_train`), ``epochs`` and a test evaluation at the end."""
+    fixed = {s.name: s.entries[0].fixed for s in space.train if s.entries[0].dist is None}
+    return get_recipe(space.recipe, **{**fixed, **pinned_train(space), "epochs": epochs,
+                                       "eval_test": True, **overrides})
+
+
+def sample_archs(space: SearchSpace, n: int, seed: int = 0) -> list[BenchArch]:
+    """The first ``n`` feasible, distinct architectures of a seeded uniform stream of samples.
+
+    Raises:
+        ValueError: the space holds fewer than ``n`` feasible architectures (as far as
+            `STALE_DRAWS` draws in a row without a new one can tell).
+    """
+    rng = random.Random(seed)
+    pinned = {f"train.{k}": v for k, v in pinned_train(space).items()}
+    out: list[BenchArch] = []
+    seen: set[str] = set()
+    stale = 0
+    while len(out) < n:
+        if stale >= STALE_DRAWS:
+            raise ValueError(f"{space.source}: the space has only {len(out)} feasible, distinct "
+                             f"architectures ({STALE_DRAWS} draws found no other); ask for "
+                             f"--archs {len(out)} or fewer")
+        stale += 1
+        s = space.sample(FixedSuggest(pinned, fallback=RandomSuggest(rng)))
+        if s.model is None or space.violations(s) or s.model.arch_id() in seen:
+            continue
+        stale = 0
+        seen.add(s.model.arch_id())
+        params = {k: v for k, v in s.params.items() if not k.startswith("train.")}
+        out.append(BenchArch(s.model.arch_id(), "sample", len(out), s.model, params))
+    return out
+
+
+def named_archs(paths: Iterable[str | Path], space: SearchSpace) -> list[BenchArch]:
+    """Every runnable row of the experiments at ``paths``, at their reduced scale, as trained on
+    the space's data (``adapt_config``); the table trains them with its own recipe."""
+    from cvt_nas.ablation.experiment import load_experiment
+    from cvt_nas.training.datasets import adapt_config
+
+    train = bench_train_config(space, 1)
+    out: list[BenchArch] = []
+    for path in paths:
+        exp = load_experiment(path)
+        for row in exp.runnable("reduced"):
+            cfg = adapt_config(exp.model_config(row, "reduced").replace(img_size=space.img_size),
+                               train)
+            out.append(BenchArch(cfg.arch_id(), "named", -1, cfg,
+                                 names=(f"{exp.name}:{row.row}",)))
+    return out
+
+
+def merge_archs(*groups: Sequence[BenchArch]) -> list[BenchArch]:
+    """One entry per architecture, in order of first appearance, with every name it has."""
+    by_id: dict[str, BenchArch] = {}
+    for a in (a for g in groups for a in g):
+        prior = by_id.get(a.arch_id)
+        if prior is None:
+            by_id[a.arch_id] = a
+        else:
+            names = prior.names + tuple(x for x in a.names if x not in prior.names)
+            by_id[a.arch_id] = BenchArch(prior.arch_id, prior.source, prior.sample_index,
+                                         prior.cfg, prior.params, names)
+    return list(by_id.values())
+
+
+def write_experiment(archs: Sequence[BenchArch], space: SearchSpace, train: TrainConfig,
+                     out: Path, name: str, seeds: int) -> Path:
+    """The architectures as the rows of an ablation experiment (``out/experiments/<name>.yaml``):
+    each row overrides every field of the space's base preset that differs."""
+    check_name(name, "bench study name")
+    preset = space.raw.get("base") if isinstance(space.raw.get("base"), str) else "cvt_13"
+    base = get_config(str(preset)).to_dict()
+    rows = []
+    for a in archs:
+        model = {k: v for k, v in a.cfg.to_dict().items() if base.get(k) != v}
+        rows.append({"row": a.arch_id, "label": " ".join(a.names) or f"sample {a.sample_index}",
+                     "model": model})
+    data = {
+        "name": name,
+        "title": f"CvT-Bench: {space.name}",
+        "source": f"cvt-nas bench build {space.source}",
+        "baseline": archs[0].arch_id,
+        "scales": {"reduced": {"base": str(preset), "recipe": space.recipe, "seeds": seeds,
+                               "metric": "val_top1",
+                               "train": {k: v for k, v in train.to_dict().items()
+                                         if k != "seed" and v is not None}}},
+        "rows": rows,
+    }
+    path = out / "experiments" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "# Generated by `cvt-nas bench build`; the table's training runs.\n"
+                      + yaml.safe_dump(data, sort_keys=False, width=100))
+    return path
+
+
+# -- building -----------------------------------------------------------------------------------
+
+
+def default_storage(out: Path) -> str:
+    """SQLite file of a table's studies (``DIR/bench.db``)."""
+    return f"sqlite:///{out.resolve() / 'bench.db'}"
+
+
+def build(space_path: str | Path, out: str | Path, *, archs: int, seeds: int = 1,
+          named: Sequence[str | Path] = (), epochs: int = 4, sample_seed: int = 0,
+          storage: str | None = None, n_workers: int = 1, threads: int | None = None,
+          train_overrides: Mapping[str, Any] | None = None, log: Log = print) -> dict[str, Any]:
+    """Train every missing (architecture, seed) run of a table and export it; return the
+    manifest. Resumable (an interrupted build trains only what is missing) and shardable (any
+    number of workers and machines on one storage).
+
+    Args:
+        space_path: the search-space YAML the architectures are drawn from.
+        out: the table's folder.
+        archs: how many architectures of the seeded sample to train.
+        seeds: training seeds 0 .. seeds-1 of each.
+        named: experiment YAMLs whose reduced-scale rows are added.
+        epochs: epochs of every run.
+        sample_seed: seed of the architecture sample (the table's identity).
+        storage: Optuna storage URL or journal file (default: ``DIR/bench.db``).
+        n_workers: training processes here.
+        threads: torch threads per worker.
+        train_overrides: TrainConfig fields that change where or how a run goes (``device``,
+            ``data_root``, ...); fields that change the numbers are refused by the manifest
+            check when they differ from the table's.
+        log: progress lines.
+    """
+    from cvt_nas.ablation.experiment import load_experiment
+    from cvt_nas.ablation.runner import run_experiment
+
+    out = Path(out)
+    space = load_space(space_path)
+    train = bench_train_config(space, epochs, **dict(train_overrides or {}))
+    chosen = merge_archs(sample_archs(space, archs, sample_seed), named_archs(named, space))
+    _check_manifest(out, space, train, sample_seed)
+    name = f"bench-{space.name}-{archs}x{seeds}" + (f"-n{len(named)}" if named else "")
+    exp_path = write_experiment(chosen, space, train, out, name, seeds)
+    storage = storage or default_storage(out)
+    log(f"cvt-nas bench build: {len(chosen)} architectures x {seeds} seed(s), {epochs} epochs, "
+        f"into {out}")
+    run_experiment(load_experiment(exp_path), "reduced", seeds, storage, n_workers=n_workers,
+                   threads=threads)
+    return export(out, storage, space_path=space_path, epochs=epochs, sample_seed=sample_seed,
+                  archs=chosen, log=log)
+
+
+def _check_manifest(out: Path, space: SearchSpace, train: TrainConfig, sample_seed: int) -> None:
+    """A table grows only with runs of its own space, recipe and sample."""
+    path = out / "manifest.json"
+    if not path.exists():
+        return
+    m = json.loads(path.read_text())
+    mine = {"space_sha256": _sha(space), "train": _numbers(train.to_dict()),
+            "sample_seed": sample_seed}
+    theirs = {"space_sha256": m.get("space_sha256"), "train": _numbers(m.get("train", {})),
+              "sample_seed": m.get("sample_seed")}
+    for key, value in mine.items():
+        if theirs[key] != value:
+            raise ValueError(f"{path}: this table was built with a different {key} "
+                             f"({theirs[key]!r}, now {value!r}); use another --out")
+
+
+_EXECUTION = ("seed", "threads", "num_workers", "device", "data_root", "download", "engine",
+              "precision")
+
+
+def _numbers(train: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in train.items() if k not in _EXECUTION}
+
+
+def _sha(space: SearchSpace) -> str:
+    return hashlib.sha256(json.dumps(space.raw, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# -- exporting ----------------------------------------------------------------------------------
+
+
+def export(out: str | Path, storage: str, *, space_path: str | Path, epochs: int,
+           sample_seed: int, archs: Sequence[BenchArch] | None = None,
+           log: Log = print) -> dict[str, Any]:
+    """Write ``table.parquet``, ``archs.parquet`` and ``manifest.json`` from every study of
+    ``storage`` (latency and memory are measured here for architectures that lack them)."""
+    import optuna
+
+    from cvt_nas.common.storage import open_storage
+
+    out = Path(out)
+    space = load_space(space_path)
+    known = {a.arch_id: a for a in (archs or [])}
+    st = open_storage(storage, None)
+    runs: dict[tuple[str, int], tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    failed: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    for summary in st.get_all_studies():
+        if not summary.study_name.startswith("bench-"):
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=st)
+        for t in study.get_trials(deepcopy=False):
+            rec, hist = t.user_attrs.get("record"), t.user_attrs.get("history") or []
+            if not rec or "reused_from" in t.user_attrs or "duplicate_of" in t.user_attrs:
+                continue
+            key = (str(rec["arch_id"]), int(rec.get("seed") or 0))
+            if t.state == optuna.trial.TrialState.COMPLETE:
+                runs.setdefault(key, (rec, hist))
+            elif rec.get("status") in ("diverged", "error", "oom"):
+                failed.append((rec, hist))
+    failed = [f for f in failed if (f[0]["arch_id"], int(f[0].get("seed") or 0))
+              not in runs]
+    table = _table_rows([*runs.values(), *failed])
+    arch_frame = _archs_frame(out, space, known, {k[0] for k in runs}, runs, log)
+    _write_parquet(out / "table.parquet", table)
+    _write_parquet(out / "archs.parquet", arch_frame)
+    manifest = _manifest(out, space, space_path, epochs, sample_seed, known, runs, failed)
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    log(f"wrote {out}/table.parquet ({len(table)} rows), archs.parquet ({len(arch_frame)} "
+        f"architectures), manifest.json: {manifest['counts']}")
+    return manifest
+
+
+TABLE_COLUMNS = ("arch_id", "seed", "epoch", "status", "train_loss", "val_top1", "val_top5",
+                 "train_time_s", "eval_time_s", "time_s", "test_top1", "test_top5", "device",
+                 "threads", "trial", "finished_at")
+
+
+def _table_rows(runs: Iterable[tuple[dict[str, Any], list[dict[str, Any]]]]) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    for rec, hist in runs:
+        seed = int(rec.get("seed") or 0)
+        base = {"arch_id": rec["arch_id"], "seed": seed, "status": rec["status"],
+                "device": rec.get("device") or "", "threads": rec.get("threads"),
+                "trial": rec.get("trial"), "finished_at": rec.get("finished_at") or ""}
+        if not hist:
+            rows.append({**base, "epoch": 0})
+            continue
+        clock = 0.0
+        for i, h in enumerate(hist):
+            train_s, eval_s = float(h.get("time_s") or 0.0), float(h.get("eval_s") or 0.0)
+            clock += train_s + eval_s
+            last = i == len(hist) - 1 and rec["status"] == "complete"
+            rows.append({**base, "epoch": int(h["epoch"]), "train_loss": h.get("train_loss"),
+                         "val_top1": h.get("val_top1"), "val_top5": h.get("val_top5"),
+                         "train_time_s": train_s, "eval_time_s": eval_s, "time_s": clock,
+                         "test_top1": rec.get("test_top1") if last else None,
+                         "test_top5": rec.get("test_top5") if last else None})
+    df = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    for col in ("seed", "epoch", "threads", "trial"):
+        df[col] = pd.to_numeric(df[col]).astype("Int64")
+    for col in ("train_loss", "val_top1", "val_top5", "train_time_s", "eval_time_s", "time_s",
+                "test_top1", "test_top5"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    for col in ("arch_id", "status", "device", "finished_at"):
+        df[col] = df[col].astype("string")
+    return df.sort_values(["arch_id", "seed", "epoch"], kind="stable").reset_index(drop=True)
+
+
+def _archs_frame(out: Path, space: SearchSpace, known: Mapping[str, BenchArch],
+                 trained: set[str], runs: Mapping[tuple[str, int], tuple[dict[str, Any], Any]],
+                 log: Log) -> pd.DataFrame:
+    """One row per trained architecture; measurements of an earlier export are kept."""
+    prior: dict[str, dict[str, Any]] = {}
+    if (out / "archs.parquet").exists():
+        prior = {str(r["arch_id"]): r for r in pd.read_parquet(out / "archs.parquet")
+                 .to_dict("records")}
+    param_names = sorted({k for a in known.values() for k in a.params}
+                         | {k[2:] for r in prior.values() for k in r if k.startswith("p:")})
+    records = {k[0]: v[0] for k, v in runs.items()}
+    rows = []
+    todo = sorted(trained)
+    for i, arch_id in enumerate(todo):
+        a, old = known.get(arch_id), prior.get(arch_id, {})
+        cfg = a.cfg if a is not None else CvTConfig.from_dict(json.loads(old.get("arch") or
+                                                              records[arch_id]["arch"]))
+        row: dict[str, Any] = {
+            "arch_id": arch_id,
+            "source": a.source if a else old.get("source", "named"),
+            "sample_index": a.sample_index if a else old.get("sample_index", -1),
+            "name": " ".join(a.names) if a else old.get("name", ""),
+            "params": records[arch_id].get("params"), "macs": records[arch_id].get("macs"),
+            "latency_ms": old.get("latency_ms", math.nan),
+            "peak_train_mem_mb": old.get("peak_train_mem_mb", math.nan),
+            "arch": arch_json(cfg),
+        }
+        if _missing(row["latency_ms"]) or _missing(row["peak_train_mem_mb"]):
+            batch = int(records[arch_id].get("train.batch_size") or 128)
+            row["latency_ms"], row["peak_train_mem_mb"] = measure(cfg, batch)
+            log(f"measured {arch_id} ({i + 1}/{len(todo)}): {row['latency_ms']:.2f} ms batch-1 "
+                f"latency, {row['peak_train_mem_mb']:.1f} MB training-step memory")
+        for p in param_names:
+            row[f"p:{p}"] = (a.params.get(p) if a else old.get(f"p:{p}"))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        df = pd.DataFrame(columns=["arch_id", "source", "sample_index", "name", "params", "macs",
+                                   "latency_ms", "peak_train_mem_mb", "arch"])
+    return df.sort_values(["source", "sample_index", "arch_id"],
+                          key=lambda s: s if s.name != "source" else s.map({"sample": 0,
+                                                                            "named": 1}),
+                          kind="stable").reset_index(drop=True)
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def measure(cfg: CvTConfig, batch: int) -> tuple[float, float]:
+    """(CPU batch-1 inference latency in ms, median of `LATENCY_REPEATS` on 1 thread; memory of
+    one training step at ``batch`` in MB: parameters, gradients, AdamW state and the tensors
+    autograd saves, as torch accounts them)."""
+    import torch
+
+    from cvt_nas.model.network import CvT
+    from cvt_nas.training.memory import measure_saved_bytes, state_bytes
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = CvT(cfg).eval()
+        x = torch.randn(1, cfg.in_chans, cfg.img_size, cfg.img_size)
+        times = []
+        with torch.inference_mode():
+            for i in range(LATENCY_REPEATS + 3):
+                start = time.perf_counter()
+                model(x)
+                if i >= 3:
+                    times.append(time.perf_counter() - start)
+        xb = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
+        yb = torch.randint(0, max(cfg.num_classes, 1), (batch,))
+        saved = measure_saved_bytes(model, xb, yb)
+    finally:
+        torch.set_num_threads(threads)
+    return 1000 * statistics.median(times), (state_bytes(cfg) + saved) / 2**20
+
+
+def _write_parquet(path: Path, df: pd.DataFrame) -> None:
+    tmp = path.with_name(f".{path.name}.{platform.node()}.tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def _manifest(out: Path, space: SearchSpace, space_path: str | Path, epochs: int,
+              sample_seed: int, known: Mapping[str, BenchArch],
+              runs: Mapping[tuple[str, int], tuple[dict[str, Any], Any]],
+              failed: Sequence[Any]) -> dict[str, Any]:
+    import optuna
+    import timm
+    import torch
+
+    import cvt_nas
+
+    old: dict[str, Any] = {}
+    if (out / "manifest.json").exists():
+        old = json.loads((out / "manifest.json").read_text())
+    train = bench_train_config(space, epochs)
+    devices = sorted({f"{r.get('device')} ({_cpu_name()}, {r.get('threads')} threads)"
+                      if str(r.get("device")) == "cpu" else str(r.get("device"))
+                      for r, _ in runs.values()} | set(old.get("devices", [])))
+    named = sorted({n for a in known.values() for n in a.names} | set(old.get("named", [])))
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    return {
+        "format": FORMAT, "space": space.name, "space_file": str(space_path),
+        "space_sha256": _sha(space), "space_yaml": Path(space_path).read_text(),
+        "recipe": space.recipe, "train": train.to_dict(), "pinned": pinned_train(space),
+        "dataset": train.dataset,
+        "split": {"train_subset": train.train_subset, "val_fraction": train.val_fraction,
+                  "split_seed": train.split_seed, "img_size": train.img_size},
+        "epochs": epochs, "sample_seed": sample_seed,
+        "archs_sampled": max([a.sample_index + 1 for a in known.values()]
+                             + [int(old.get("archs_sampled", 0))]),
+        "named": named,
+        "seeds": max([k[1] + 1 for k in runs] + [int(old.get("seeds", 0))]),
+        "software": {"python": platform.python_version(), "torch": torch.__version__,
+                     "timm": timm.__version__, "optuna": optuna.__version__,
+                     "pandas": pd.__version__, "cvt_nas": cvt_nas.__version__},
+        "devices": devices,
+        "created": old.get("created", now), "updated": now,
+        "counts": {"archs": len({k[0] for k in runs}), "runs": len(runs),
+                   "failed": len(failed)},
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"

@@ -1,0 +1,65 @@
+"""`cvt-nas bench build SPACE.yaml --archs N --seeds S --out DIR`: train a CvT-Bench table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cvt_nas.commands._common import non_negative_int, parse_set, positive_int, train_set_arg
+from cvt_nas.results.io import check_out_dir
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="CvT-Bench: tabular benchmarks of trained CvTs",
+        description="Build a table of trained architectures of a search space (docs/bench.md).",
+    )
+    bench = p.add_subparsers(dest="bench_command", required=True)
+    b = bench.add_parser(
+        "build", help="train a seeded sample of a space's architectures into a table",
+        description="Train the first N feasible architectures of a seeded sample of SPACE (plus "
+                    "the reduced-scale rows of --named experiments) for --epochs epochs with "
+                    "--seeds seeds each, and write table.parquet, archs.parquet and "
+                    "manifest.json. Resumable and shardable: runs already in the storage are "
+                    "never trained again; workers on many machines may share one storage.",
+    )
+    b.add_argument("space", help="search-space YAML, e.g. search_spaces/cvt_micro.yaml")
+    b.add_argument("--archs", type=positive_int, required=True,
+                   help="architectures of the seeded sample (the first N of a longer build "
+                        "are the same N)")
+    b.add_argument("--seeds", type=positive_int, default=1, help="training seeds per "
+                   "architecture (default 1)")
+    b.add_argument("--epochs", type=positive_int, default=4, help="epochs per run (default 4)")
+    b.add_argument("--named", action="append", default=[], metavar="EXPERIMENT.yaml",
+                   help="also train this experiment's reduced-scale rows (repeatable)")
+    b.add_argument("--sample-seed", type=non_negative_int, default=0,
+                   help="seed of the architecture sample (default 0)")
+    b.add_argument("--out", required=True, help="the table's folder")
+    b.add_argument("--storage", help="Optuna storage URL or *.journal file shared by the "
+                   "workers (default: $CVT_NAS_STORAGE, else DIR/bench.db)")
+    b.add_argument("--n-workers", type=positive_int, default=1, help="parallel worker processes")
+    b.add_argument("--threads", type=positive_int, help="torch threads per worker")
+    b.add_argument("--set", action="append", metavar="FIELD=VALUE", type=train_set_arg,
+                   help="TrainConfig field for every run that changes where it runs, e.g. "
+                        "--set device=cuda or --set data_root=/data")
+    b.set_defaults(func=run_build)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from cvt_nas.bench.build import build, default_storage
+    from cvt_nas.common.storage import check_url, resolve_url
+
+    out = check_out_dir(Path(args.out))
+    overrides = parse_set(args.set)
+    numbers = sorted(k for k in overrides if k not in ("device", "data_root", "download",
+                                                       "num_workers", "threads", "engine"))
+    if numbers:
+        raise ValueError(f"--set {numbers[0]}: a table's runs share one recipe; only device, "
+                         f"data_root, download, num_workers, threads and engine may be set")
+    out.mkdir(parents=True, exist_ok=True)
+    storage, flag = resolve_url(args.storage, default_storage(out))
+    check_url(storage, flag)
+    build(args.space, out, archs=args.archs, seeds=args.seeds, named=args.named,
+          epochs=args.epochs, sample_seed=args.sample_seed, storage=storage,
+          n_workers=args.n_workers, threads=args.threads, train_overrides=overrides)
+    return 0
