@@ -129,9 +129,14 @@ def run(args: argparse.Namespace) -> int:
     from cvt_nas.search.optuna_backend import SearchRun
     from cvt_nas.search.trial import preflight
 
-    preflight(space, settings)
+    if table is None:  # a table needs neither the data nor the device here
+        preflight(space, settings)
 
-    url, flag = resolve_url(args.storage, default_storage_url(out))
+    # a simulated study's default is a journal file: SQLite's per-commit syncs would take most
+    # of its time
+    default = (default_storage_url(out) if table is None
+               else str((out / "study.journal").resolve()))
+    url, flag = resolve_url(args.storage, default)
     check_url(url, flag)
     search = SearchRun(space=space, settings=settings, storage_url=url, trials=trials,
                        sampler=sampler, pruner=pruner, seed=seed,

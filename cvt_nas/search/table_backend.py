@@ -124,7 +124,7 @@ class TableRunner:
             for r in rows.itertuples(index=False):
                 metrics = {"epoch": int(r.epoch), "train_loss": _f(r.train_loss),
                            "val_top1": _f(r.val_top1), "val_top5": _f(r.val_top5),
-                           "time_s": _f(r.train_time_s), "eval_time_s": _f(r.eval_time_s)}
+                           "time_s": _f(r.train_time_s), "eval_s": _f(r.eval_time_s)}
                 result.history.append(metrics)
                 result.epochs, result.wall_time_s = int(r.epoch), float(r.time_s)
                 result.train_loss, result.val_top1, result.val_top5 = (

@@ -81,9 +81,11 @@ def test_the_pareto_front_matches_a_brute_force_front_of_the_table_rows(nsga2_di
     assert (nsga2_dir / "pareto.png").stat().st_size > 0
 
 
-def test_report_reads_a_simulated_study(nsga2_dir, capsys):
+def test_report_reads_a_simulated_study_from_its_journal(nsga2_dir, capsys):
+    assert (nsga2_dir / "study.journal").is_file() and not (nsga2_dir / "study.db").exists()
     assert main(["report", str(nsga2_dir)]) == 0
-    assert "| trial | val top-1 (%) |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "40 trials" in out and "study.journal" in out and "| trial | val top-1 (%) |" in out
 
 
 def test_pareto_sha_stops_trials_at_the_rung_and_charges_only_its_epochs(tiny_table, tmp_path):
@@ -122,8 +124,6 @@ def test_wrong_uses_are_one_line_errors(tiny_table, tmp_path, capsys):
           f"table:{tiny_table}"], "section differs from the space the table"),
         (["search", TINY, "--backend", f"table:{tiny_table}", "--n-workers", "2"],
          "--n-workers: --backend table runs its trials in this process"),
-        (["search", TINY, "--backend", f"table:{tiny_table}", "--objectives",
-          "val_top1:max,latency:min"], "has no latency_ms for"),
     ]
     for argv, message in cases:
         assert main([*argv, "--out", str(tmp_path / "o"), "--quiet"]) == 2
@@ -131,3 +131,19 @@ def test_wrong_uses_are_one_line_errors(tiny_table, tmp_path, capsys):
         assert len(err) == 1 and message in err[0], err
     assert main(["search", TINY, "--backend", "table:"]) == 2
     assert "choose optuna, ray or table:DIR" in capsys.readouterr().err
+
+
+def test_latency_comes_from_the_table_and_must_be_measured(tiny_table, table_copy, tmp_path,
+                                                           capsys):
+    b = load(tiny_table)
+    df = _search(tiny_table, tmp_path / "lat", "--trials", "12", "--objectives",
+                 "val_top1:max,latency:min")
+    done = df[df["status"] == "complete"]
+    assert len(done) and all(r.latency == b.query(r.arch_id).latency_ms
+                             for r in done.itertuples())
+    archs = pd.read_parquet(table_copy / "archs.parquet")
+    archs.loc[0, "latency_ms"] = float("nan")
+    archs.to_parquet(table_copy / "archs.parquet")
+    assert main(["search", TINY, "--backend", f"table:{table_copy}", "--objectives",
+                 "val_top1:max,latency:min", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "has no latency_ms for 1 architectures yet" in capsys.readouterr().err
