@@ -141,7 +141,8 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         from cvt_nas.results import make_record, reused_record
-        from cvt_nas.training.trainer import adapt_config, run_trial
+        from cvt_nas.training.datasets import adapt_config
+        from cvt_nas.training.trainer import run_trial
 
         row = str(trial.suggest_categorical("row", self.grid["row"]))
         seed = trial.suggest_int("seed", 0, max(self.grid["seed"]))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-from cvt_nas.ablation.experiment import SCALES, load_experiment
+from cvt_nas.ablation.experiment import SCALES, Experiment, load_experiment
 from cvt_nas.ablation.table import build_table, table_markdown, write_table
 from cvt_nas.commands._common import parse_set, positive_int, train_set_arg
 from cvt_nas.common.atomic import atomic_write_text
@@ -51,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     seeds = args.seeds or exp.scales[args.scale].seeds
     if seeds < 1 or args.n_workers < 1:
         raise ValueError("--seeds and --n-workers must be >= 1")
+    overrides = parse_set(args.set)
+    exp.check(args.scale, overrides)  # a --set that breaks a row: one line, before any study
+    _check_devices(exp, args.scale, overrides)
     from cvt_nas.ablation.runner import default_storage, run_experiment
     from cvt_nas.ablation.table import table_records
     from cvt_nas.common.storage import check_url, redact, resolve_url
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     storage, flag = resolve_url(args.storage, default_storage(out))
     check_url(storage, flag)
     study = run_experiment(exp, args.scale, seeds, storage, n_workers=args.n_workers,
-                           threads=args.threads, train_overrides=parse_set(args.set))
+                           threads=args.threads, train_overrides=overrides)
     tables = read_study(study)
     records, epochs = table_records(tables, seeds)
     table = build_table(exp, args.scale, records)
@@ -70,7 +74,25 @@ def run(args: argparse.Namespace) -> int:
         "command": args.command_line, "experiment": str(args.experiment), "scale": args.scale,
         "settings": {"backend": "ablate", "seeds": seeds, "storage": redact(storage),
                      "n_workers": args.n_workers, "threads": args.threads,
-                     "overrides": parse_set(args.set)}})
+                     "overrides": overrides}})
     atomic_write_text(out / "command.txt", args.command_line + "\n")
     print(table_markdown(exp, args.scale, table), end="")
     return 0
+
+
+def _check_devices(exp: Experiment, scale: str, overrides: dict[str, Any]) -> None:
+    """Refuse a device this machine lacks (``--set device=cuda`` or the file's
+    ``train.device``) before the study opens, as `cvt-nas search --device` does, so it is one
+    line here instead of a failure in every trial.
+
+    Raises:
+        ValueError: the file, the device and the fix.
+    """
+    from cvt_nas.training.trainer import resolve_device
+
+    for device in sorted({exp.train_config(r, scale, 0, **overrides).device
+                          for r in exp.runnable(scale)}):
+        try:
+            resolve_device(device)
+        except ValueError as exc:
+            raise ValueError(f"{exp.path}: --set device / train.device: {exc}") from None

@@ -158,7 +158,7 @@ def make_record(
         trial: trial number within the study.
         backend: ``"optuna"``, ``"ray"``, ``"ablate"``, ``"train"``, ...
         model_cfg: the architecture; pass the config the trial trains (after
-            ``cvt_nas.training.trainer.adapt_config``) so ``in_chans``/``num_classes`` match the
+            ``cvt_nas.training.datasets.adapt_config``) so ``in_chans``/``num_classes`` match the
             data. None for a sample that gives no valid architecture: the row then keeps the
             identity, the training fields and the reason, with no architecture columns.
         train_cfg: a ``TrainConfig`` (or its ``to_dict()``); None when there is none either.

@@ -311,4 +311,4 @@ def _infeasible_record(space: SearchSpace, sample: Sample, g: Gate, trial: int,
 
     return make_record(study=settings.study, trial=trial, backend=settings.backend,
                        model_cfg=g.model, train_cfg=g.train, result=None, status="infeasible",
-                       reason=g.reason, extra=extra)
+                       reason=g.reason, extra=extra, cost=g.cost)
