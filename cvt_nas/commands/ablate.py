@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     _check_devices(exp, args.scale, overrides)
     from cvt_nas.ablation.runner import default_storage, run_experiment
     from cvt_nas.ablation.table import table_records
-    from cvt_nas.common.storage import check_url, redact, resolve_url
+    from cvt_nas.common.storage import check_url, resolve_url, shown_url
     from cvt_nas.results import DEFAULT_OBJECTIVES, read_study, write_outputs
 
     out.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     # the study as a standard results directory too, for `cvt-nas report` and `compare`
     write_outputs(out, tables.trials, tables.epochs, DEFAULT_OBJECTIVES, {
         "command": args.command_line, "experiment": str(args.experiment), "scale": args.scale,
-        "settings": {"backend": "ablate", "seeds": seeds, "storage": redact(storage),
+        "settings": {"backend": "ablate", "seeds": seeds, "storage": shown_url(storage),
                      "n_workers": args.n_workers, "threads": args.threads,
                      "overrides": overrides}})
     atomic_write_text(out / "command.txt", args.command_line + "\n")

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         threads = args.threads or max(1, int(args.cpus_per_trial))
     settings = TrialSettings(study=study, backend=args.backend, objectives=dict(objectives),
                              device=args.device, threads=threads)
-    from cvt_nas.common.storage import check_url, default_storage_url, redact, resolve_url
+    from cvt_nas.common.storage import check_url, default_storage_url, redact, resolve_url, shown_url
     from cvt_nas.search.optuna_backend import SearchRun
     from cvt_nas.search.trial import preflight
 
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     meta: dict[str, Any] = {
         "command": args.command_line, "space_file": str(args.space), "space": space.raw,
         "settings": {"backend": args.backend, "trials": trials, "sampler": sampler,
-                     "pruner": pruner, "seed": seed, "storage": redact(url),
+                     "pruner": pruner, "seed": seed, "storage": shown_url(url),
                      "n_workers": args.n_workers, "threads": threads, "device": args.device,
                      "reuse_duplicates": args.backend == "optuna" and not args.retrain_duplicates,
                      "overrides": parse_set(args.set)},

@@ -20,6 +20,7 @@ counts the study, since a dead RUNNING trial still looks busy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -55,6 +56,20 @@ def redact(text: str) -> str:
     """
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
     return _PASSWORD_PARAM.sub(lambda m: f"{m['key']}***", text)
+
+
+def shown_url(url: str) -> str:
+    """``url`` as written into results files: redacted (`redact`), and a SQLite or journal file
+    under the working directory named relative to it, so no machine's folder layout is kept.
+
+    >>> shown_url(f"sqlite:///{Path.cwd() / 'results' / 'study.db'}")
+    'sqlite:///results/study.db'
+    """
+    prefix = "sqlite:///" if url.startswith("sqlite:///") else "" if "://" not in url else None
+    if prefix is not None and Path(url[len(prefix):]).is_absolute():
+        with contextlib.suppress(ValueError):
+            return prefix + str(Path(url[len(prefix):]).relative_to(Path.cwd()))
+    return redact(url)
 
 
 def default_storage_url(out_dir: str | Path) -> str:

@@ -151,3 +151,15 @@ def test_a_dead_local_worker_s_trial_is_failed_a_live_or_remote_one_is_not(
                       "untagged": "RUNNING"}
     assert fail_dead_trials(study, only_local=False) == sorted(
         trials[n].number for n in ("me", "remote", "untagged"))  # the Ray driver's reset
+
+
+def test_shown_url_names_local_files_relative_and_hides_passwords(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cvt_nas.common.storage import shown_url
+
+    monkeypatch.chdir(tmp_path)
+    assert shown_url(f"sqlite:///{tmp_path / 'results' / 'study.db'}") == \
+        "sqlite:///results/study.db"
+    assert shown_url(str(tmp_path / "runs" / "a.journal")) == "runs/a.journal"
+    assert shown_url("sqlite:////elsewhere/study.db") == "sqlite:////elsewhere/study.db"
+    assert shown_url("postgresql+psycopg2://me:s3cret@db/x") == "postgresql+psycopg2://me:***@db/x"
