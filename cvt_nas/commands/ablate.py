@@ -8,7 +8,7 @@ from typing import Any
 
 from cvt_nas.ablation.experiment import SCALES, Experiment, load_experiment
 from cvt_nas.ablation.table import build_table, table_markdown, write_table
-from cvt_nas.commands._common import parse_set, positive_int, train_set_arg
+from cvt_nas.commands._common import GPUS_HELP, gpus_arg, parse_set, positive_int, train_set_arg
 from cvt_nas.common.atomic import atomic_write_text
 from cvt_nas.results.io import check_out_dir
 
@@ -33,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "keep passwords in ~/.pgpass or $CVT_NAS_STORAGE, not on the command line")
     p.add_argument("--n-workers", type=positive_int, default=1, help="parallel worker processes")
     p.add_argument("--threads", type=positive_int, help="torch threads per worker")
+    p.add_argument("--gpus", type=gpus_arg, help=GPUS_HELP)
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", type=train_set_arg,
                    help="TrainConfig override for every run, e.g. --set epochs=1")
     p.set_defaults(func=run)
@@ -54,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--seeds and --n-workers must be >= 1")
     overrides = parse_set(args.set)
     exp.check(args.scale, overrides)  # a --set that breaks a row: one line, before any study
-    _check_devices(exp, args.scale, overrides)
+    devices = _check_devices(exp, args.scale, overrides)
+    from cvt_nas.common.gpus import select_gpus, visible_gpus
+
+    gpus = select_gpus(args.gpus, visible_gpus(), devices[0] if len(devices) == 1 else "cpu")
     from cvt_nas.ablation.runner import default_storage, run_experiment
     from cvt_nas.ablation.table import table_records
     from cvt_nas.common.storage import check_url, resolve_url, shown_url
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     storage, flag = resolve_url(args.storage, default_storage(out))
     check_url(storage, flag)
     study = run_experiment(exp, args.scale, seeds, storage, n_workers=args.n_workers,
-                           threads=args.threads, train_overrides=overrides)
+                           threads=args.threads, train_overrides=overrides, gpus=gpus)
     tables = read_study(study)
     records, epochs = table_records(tables, seeds)
     table = build_table(exp, args.scale, records)
@@ -74,25 +78,27 @@ def run(args: argparse.Namespace) -> int:
         "command": args.command_line, "experiment": str(args.experiment), "scale": args.scale,
         "settings": {"backend": "ablate", "seeds": seeds, "storage": shown_url(storage),
                      "n_workers": args.n_workers, "threads": args.threads,
-                     "overrides": overrides}})
+                     "gpus": list(gpus), "overrides": overrides}})
     atomic_write_text(out / "command.txt", args.command_line + "\n")
     print(table_markdown(exp, args.scale, table), end="")
     return 0
 
 
-def _check_devices(exp: Experiment, scale: str, overrides: dict[str, Any]) -> None:
-    """Refuse a device this machine lacks (``--set device=cuda`` or the file's
-    ``train.device``) before the study opens, as `cvt-nas search --device` does, so it is one
-    line here instead of a failure in every trial.
+def _check_devices(exp: Experiment, scale: str, overrides: dict[str, Any]) -> list[str]:
+    """The rows' devices; a device this machine lacks (``--set device=cuda`` or the file's
+    ``train.device``) is refused before the study opens, as `cvt-nas search --device` does, so
+    it is one line here instead of a failure in every trial.
 
     Raises:
         ValueError: the file, the device and the fix.
     """
     from cvt_nas.training.trainer import resolve_device
 
-    for device in sorted({exp.train_config(r, scale, 0, **overrides).device
-                          for r in exp.runnable(scale)}):
+    devices = sorted({exp.train_config(r, scale, 0, **overrides).device
+                      for r in exp.runnable(scale)})
+    for device in devices:
         try:
             resolve_device(device)
         except ValueError as exc:
             raise ValueError(f"{exp.path}: --set device / train.device: {exc}") from None
+    return devices

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from cvt_nas.commands._common import (
+    GPUS_HELP,
     device_arg,
     float_above,
+    gpus_arg,
     int_at_least,
     name_arg,
     non_negative_float,
@@ -50,10 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--population-size", type=int_at_least(2), help="NSGA-II population")
     p.add_argument("--n-workers", type=positive_int, default=1,
                    help="local worker processes on the study (optuna backend)")
-    p.add_argument("--gpus", type=gpus_arg,
-                   help="optuna: GPUs the local workers spread over, worker i on the i-th "
-                        "(round-robin): all, none, a count (2) or GPU names (0,2; one GPU: 2,); "
-                        "default: all visible when the device is auto or cuda")
+    p.add_argument("--gpus", type=gpus_arg, help=f"optuna: {GPUS_HELP}")
     p.add_argument("--threads", type=positive_int,
                    help="torch threads per trial (default: CPU cores // workers)")
     p.add_argument("--device", type=device_arg, help="override train.device (cpu, cuda, cuda:1, auto)")
@@ -76,17 +75,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="only load the space and print what it holds (no training)")
     p.set_defaults(func=run)
-
-
-def gpus_arg(text: str) -> Any:
-    """``--gpus`` (`cvt_nas.common.gpus.parse_choice`)."""
-    from cvt_nas.common.gpus import parse_choice
-
-    try:
-        return parse_choice(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--gpus {text.strip()!r}: ")
-                                         ) from None
 
 
 def _cpus() -> int:
