@@ -87,3 +87,28 @@ def test_a_worker_host_dying_mid_trial_is_retried_by_heartbeat(
     print(f"\nhost b killed in trial {victim['number']}: retried as trial {retry[0]['number']} "
           f"on host c, started {retry[0]['start'] - killed:.1f} s and finished "
           f"{retry[0]['end'] - killed:.1f} s after the kill (heartbeat 2 s, grace 6 s)")
+
+
+def test_a_server_restart_mid_search_loses_nothing_and_the_search_resumes(
+        net: dict[str, netns.Host], db: PostgresServer, tmp_path: Path) -> None:
+    args, procs = _workers(net, db, tmp_path, trials=4, epochs=2)
+    running = wait_for(lambda: _running(net, db, at_least=2), "trials running on both hosts")
+    db.restart()  # every connection is cut while both workers train
+    restarted = time.time()
+    codes = {name: proc.wait(timeout=900) for name, proc in procs.items()}
+    ended = time.time()
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in procs}
+    for name, code in codes.items():
+        # each worker either carried on (reconnected) or stopped with one line, no traceback
+        assert code == 0 or (code != 0 and "Traceback" not in logs[name]), logs[name]
+    print(f"\nserver restarted with trials {[t['number'] for t in running]} running; workers "
+          f"exited {codes} {ended - restarted:.1f} s later")
+    if any(codes.values()):
+        for name in procs:
+            print(f"{name}: {logs[name].strip().splitlines()[-1:]}")
+        again = cvt_nas(net["b"], args, tmp_path / "again.log", tmp_path)
+        assert again.wait(timeout=900) == 0, (tmp_path / "again.log").read_text()
+    trials = trials_on(net["a"], db.url())
+    assert count(trials, 4) == (4, 0, 0)
+    assert not [t for t in trials if t["state"] in ("RUNNING", "WAITING")]
+    results_intact(tmp_path / "tiny", trials)
