@@ -63,13 +63,13 @@ def ray_cluster(head: Host, workers: Sequence[Host], cpus: int = 1,
     block stops their processes; this removes the temp dirs."""
     temp = Path(tempfile.mkdtemp(prefix="cvtray-", dir="/tmp"))  # short: Ray's socket paths
     address = f"{head.ip}:{RAY_PORT}"
-    small = ["--object-store-memory", str(100 * 2**20), "--include-dashboard", "false",
-             "--block"]
+    small = ["--object-store-memory", str(100 * 2**20), "--block"]
     try:
         log = temp / "head.log"
         proc = head.popen([str(RAY), "start", "--head", "--node-ip-address", head.ip, "--port",
                            str(RAY_PORT), "--temp-dir", str(temp / "head"), "--num-cpus", "0",
-                           "--num-gpus", "0", *small], log, host_env())
+                           "--num-gpus", "0", "--include-dashboard", "false", *small], log,
+                          host_env())
         wait_for_line(proc, log, "Ray runtime started")
         for host in workers:
             log = temp / f"{host.hostname}.log"
