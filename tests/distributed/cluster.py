@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pytest
 from netns import Host
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +62,8 @@ def ray_cluster(head: Host, workers: Sequence[Host], cpus: int = 1,
     with ``ray start --address``, each with ``cpus`` CPUs and ``gpus`` fake GPUs (Ray's
     ``--num-gpus`` is a count it schedules by; nothing checks for a device). The hosts' `netns.hosts`
     block stops their processes; this removes the temp dirs."""
+    if not RAY.exists():
+        pytest.skip("the ray command line is not installed next to this Python")
     temp = Path(tempfile.mkdtemp(prefix="cvtray-", dir="/tmp"))  # short: Ray's socket paths
     address = f"{head.ip}:{RAY_PORT}"
     small = ["--object-store-memory", str(100 * 2**20), "--block"]

@@ -133,3 +133,15 @@ def hosts(names: Sequence[str]) -> Iterator[dict[str, Host]]:
             host.kill()
         for ns in reversed(made):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def hosts_or_skip(names: Sequence[str]) -> Iterator[dict[str, Host]]:
+    """`hosts` for a test, which is skipped with the reason where they cannot be made."""
+    import pytest
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    with hosts(names) as made:
+        yield made

@@ -22,10 +22,7 @@ pytestmark = pytest.mark.slow  # real training on three hosts: a minute or more 
 
 @pytest.fixture
 def net() -> Iterator[dict[str, netns.Host]]:
-    reason = netns.unavailable()
-    if reason:
-        pytest.skip(reason)
-    with netns.hosts(["a", "b", "c"]) as hosts:
+    with netns.hosts_or_skip(["a", "b", "c"]) as hosts:
         yield hosts
 
 

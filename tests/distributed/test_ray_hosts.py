@@ -28,10 +28,7 @@ pytestmark = pytest.mark.slow  # three Ray nodes and real training: a minute or 
 
 @pytest.fixture
 def net() -> Iterator[dict[str, netns.Host]]:
-    reason = netns.unavailable()
-    if reason:
-        pytest.skip(reason)
-    with netns.hosts(["a", "b", "c"]) as hosts:
+    with netns.hosts_or_skip(["a", "b", "c"]) as hosts:
         yield hosts
 
 
