@@ -38,6 +38,10 @@ from cvt_nas.search.progress import Progress
 from cvt_nas.search.trial import Gate, evaluate, gate, record_extra
 
 RAY_PRUNERS = ("none", "asha")
+# Times Tune runs a trial again, from its start, after the trial's process or node was lost
+# (a trial never raises: `evaluate` turns its own errors into a record, so an error Tune sees
+# is the machine's). The rerun is the same Tune trial and the same Optuna trial, recorded once.
+TRIAL_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,8 @@ def run_ray(run: SearchRun, opts: RayOptions, out_dir: str | Path, meta: dict[st
     """Run (or resume) a study on Ray Tune and write its results; returns the Optuna study.
 
     The Ray driver is the study's only sampler: trials it left RUNNING when it was killed are
-    failed and their parameters retried once.
+    failed and their parameters retried once. A trial whose worker or node is lost runs again
+    elsewhere (`TRIAL_RETRIES`), as the same study trial.
     """
     if run.pruner not in RAY_PRUNERS:
         raise ValueError(f"--pruner {run.pruner!r}: the ray backend offers {list(RAY_PRUNERS)} "
@@ -258,7 +263,7 @@ def run_ray(run: SearchRun, opts: RayOptions, out_dir: str | Path, meta: dict[st
                 run_config=tune.RunConfig(
                     name=f"ray-{time.strftime('%Y%m%d-%H%M%S')}",
                     storage_path=str((Path(out_dir) / "ray").resolve()), verbose=0,
-                    failure_config=tune.FailureConfig(max_failures=0)),
+                    failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES)),
             )
             with Progress(run.storage_url, run.settings.study, run.trials, objectives,
                                 out_dir, meta, show=progress):
@@ -272,5 +277,5 @@ def run_ray(run: SearchRun, opts: RayOptions, out_dir: str | Path, meta: dict[st
     return study
 
 
-__all__ = ["RAY_PRUNERS", "DefineByRun", "RayOptions", "gpus_per_trial", "run_ray",
-           "trial_dirname"]
+__all__ = ["RAY_PRUNERS", "TRIAL_RETRIES", "DefineByRun", "RayOptions", "gpus_per_trial",
+           "run_ray", "trial_dirname"]
