@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -43,8 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; the exit code (2 for a usage error, printed as one line on stderr)."""
-    argv = list(argv) if argv is not None else sys.argv[1:]
+    """Run one command; the exit code (2 for a usage error, printed as one line on stderr).
+
+    A reader that leaves early (`cvt-nas ... | head`) ends the command quietly with 141
+    (128 + SIGPIPE, what a shell reports for any Unix tool stopped that way), not a traceback.
+    """
+    try:
+        code = _dispatch(list(argv) if argv is not None else sys.argv[1:])
+        sys.stdout.flush()  # buffered output meets a closed pipe here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # Python's documented recipe: stdout goes to devnull so the final flush at exit
+        # cannot fail (and print "Exception ignored ...") again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _dispatch(argv: list[str]) -> int:
+    """Parse `argv` and run its command; user errors become one stderr line and exit code 2."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

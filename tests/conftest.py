@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,20 +52,28 @@ def pg_bin() -> Path | None:
 
 @dataclass(frozen=True)
 class PostgresServer:
-    """A private server on 127.0.0.1: ``cvtnas`` logs in without a password (trust); users made
-    by `add_user` must give theirs (scram-sha-256), in the URL or in a password file."""
+    """A private server on ``host`` (127.0.0.1 unless a multi-host test put it on a test subnet):
+    ``cvtnas`` logs in without a password (trust); users made by `add_user` must give theirs
+    (scram-sha-256), in the URL or in a password file."""
 
     port: int
+    host: str = "127.0.0.1"
+    ctl: Callable[..., None] | None = field(default=None, repr=False, compare=False)
 
     def url(self, user: str = "cvtnas", password: str | None = None) -> str:
         auth = f"{user}:{password}" if password is not None else user
-        return f"postgresql+psycopg2://{auth}@127.0.0.1:{self.port}/postgres"
+        return f"postgresql+psycopg2://{auth}@{self.host}:{self.port}/postgres"
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: every open connection is cut, the data stays."""
+        assert self.ctl is not None
+        self.ctl("restart")
 
     def add_user(self, name: str, password: str) -> None:
         import psycopg2
         from psycopg2 import sql
 
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="cvtnas",
+        conn = psycopg2.connect(host=self.host, port=self.port, user="cvtnas",
                                 dbname="postgres")
         try:
             conn.autocommit = True
@@ -76,13 +84,17 @@ class PostgresServer:
             conn.close()
 
 
-@pytest.fixture
-def postgres(tmp_path: Path) -> Iterator[PostgresServer]:
-    """A private PostgreSQL server on a free 127.0.0.1 port, stopped and deleted afterwards.
+@contextlib.contextmanager
+def postgres_server(tmp_path: Path, host: str = "127.0.0.1", trusted: str = "127.0.0.1/32",
+                    wrap: Callable[[list[str]], list[str]] = list) -> Iterator[PostgresServer]:
+    """A private PostgreSQL server listening on ``host`` on a free port, stopped and deleted
+    when the block ends; ``cvtnas`` is trusted from ``trusted``, other users give a password.
 
-    initdb refuses to run as root, so as root the server runs as the ``postgres`` user via
-    ``runuser``, in a directory that user owns: a fresh ``/tmp/cvtnas-pg-*`` (pytest's tmp_path
-    lives under a root-only directory the server could not enter).
+    ``wrap`` turns a command into the one to run (a multi-host test runs the server inside a
+    network namespace). initdb refuses to run as root, so as root the server runs as the
+    ``postgres`` user via ``runuser``, in a directory that user owns: a fresh
+    ``/tmp/cvtnas-pg-*`` (pytest's tmp_path lives under a root-only directory the server could
+    not enter).
     """
     bindir = pg_bin()
     if bindir is None:
@@ -104,22 +116,34 @@ def postgres(tmp_path: Path) -> Iterator[PostgresServer]:
     data, port = base / "data", unused_port()
 
     def run(*cmd: str | Path) -> None:
-        subprocess.run([*prefix, *map(str, cmd)], check=True, capture_output=True, timeout=120)
+        subprocess.run(wrap([*prefix, *map(str, cmd)]), check=True, capture_output=True,
+                       timeout=120)
+
+    def ctl(action: str) -> None:
+        run(bindir / "pg_ctl", "-D", data, "-l", base / "server.log", "-w", "-t", "60",
+            "-m", "fast", "-o", f"-p {port} -k {base} -c listen_addresses={host} -c fsync=off",
+            action)
 
     try:
         run(bindir / "initdb", "-D", data, "-U", "cvtnas", "--auth=trust", "-E", "UTF8",
             "--no-sync")
         (data / "pg_hba.conf").write_text(
             "local all all trust\n"
-            "host all cvtnas 127.0.0.1/32 trust\n"
-            "host all all 127.0.0.1/32 scram-sha-256\n")
-        run(bindir / "pg_ctl", "-D", data, "-l", base / "server.log", "-w", "-t", "60", "-o",
-            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
-        yield PostgresServer(port)
+            f"host all cvtnas {trusted} trust\n"
+            f"host all all {trusted} scram-sha-256\n")
+        ctl("start")
+        yield PostgresServer(port, host, ctl)
     finally:
         if (data / "postmaster.pid").exists():
             run(bindir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres(tmp_path: Path) -> Iterator[PostgresServer]:
+    """A private PostgreSQL server on a free 127.0.0.1 port (`postgres_server`)."""
+    with postgres_server(tmp_path) as server:
+        yield server
 
 
 @pytest.fixture

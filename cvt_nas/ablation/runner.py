@@ -22,13 +22,14 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 
 from cvt_nas.ablation.experiment import Experiment, load_experiment
+from cvt_nas.common.gpus import worker_env
 from cvt_nas.common.pool import STOP, run_workers
 from cvt_nas.common.proc import worker_tag
 from cvt_nas.common.storage import fail_dead_trials, open_storage
@@ -141,7 +142,8 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         from cvt_nas.results import make_record, reused_record
-        from cvt_nas.training.trainer import adapt_config, run_trial
+        from cvt_nas.training.datasets import adapt_config
+        from cvt_nas.training.trainer import run_trial
 
         row = str(trial.suggest_categorical("row", self.grid["row"]))
         seed = trial.suggest_int("seed", 0, max(self.grid["seed"]))
@@ -296,6 +298,7 @@ def run_experiment(
     threads: int | None = None,
     train_overrides: dict[str, Any] | None = None,
     heartbeat: int | None = HEARTBEAT,
+    gpus: Sequence[str] = (),
 ) -> optuna.Study:
     """Train every missing (row, seed) pair of ``exp`` at ``scale``; return the study.
 
@@ -314,6 +317,8 @@ def run_experiment(
         train_overrides: TrainConfig overrides for every run (e.g. a smaller ``train_subset``).
         heartbeat: seconds between RDB heartbeats of a running trial (None: off); another
             machine's dead trial is failed after three missed beats.
+        gpus: GPUs the workers spread over (`cvt_nas.common.gpus.select_gpus`), worker ``i``
+            pinned to ``gpus[i % len(gpus)]``; empty: workers see what this process sees.
     """
     overrides = dict(train_overrides or {})
     study = open_study(exp, scale, seeds, storage, heartbeat)  # create once, before workers race
@@ -325,7 +330,8 @@ def run_experiment(
         return bool(todo or busy)
 
     run_workers(_worker, (exp.path, scale, seeds, storage, threads, overrides, heartbeat),
-                n_workers, unfinished=unfinished, label="cvt-nas ablate")
+                n_workers, unfinished=unfinished, label="cvt-nas ablate",
+                env=(lambda i: worker_env(gpus, i)) if gpus else None)
     done = pairs_in_state(study, optuna.trial.TrialState.COMPLETE)
     given_up = [p for p in pairs if p not in done]
     if given_up:

@@ -207,7 +207,8 @@ def default_storage(out: Path) -> str:
 def build(space_path: str | Path, out: str | Path, *, archs: int, seeds: int = 1,
           named: Sequence[str | Path] = (), epochs: int = 4, sample_seed: int = 0,
           storage: str | None = None, n_workers: int = 1, threads: int | None = None,
-          train_overrides: Mapping[str, Any] | None = None, log: Log = print) -> dict[str, Any]:
+          train_overrides: Mapping[str, Any] | None = None, gpus: Sequence[str] = (),
+          log: Log = print) -> dict[str, Any]:
     """Train every missing (architecture, seed) run of a table and export it; return the
     manifest. Resumable (an interrupted build trains only what is missing) and shardable (any
     number of workers and machines on one storage).
@@ -226,6 +227,7 @@ def build(space_path: str | Path, out: str | Path, *, archs: int, seeds: int = 1
         train_overrides: TrainConfig fields that change where or how a run goes (``device``,
             ``data_root``, ...); fields that change the numbers are refused by the manifest
             check when they differ from the table's.
+        gpus: GPUs the workers spread over, one each, round-robin.
         log: progress lines.
     """
     from cvt_nas.ablation.experiment import load_experiment
@@ -242,7 +244,7 @@ def build(space_path: str | Path, out: str | Path, *, archs: int, seeds: int = 1
     log(f"cvt-nas bench build: {len(chosen)} architectures x {seeds} seed(s), {epochs} epochs, "
         f"into {out}")
     run_experiment(load_experiment(exp_path), "reduced", seeds, storage, n_workers=n_workers,
-                   threads=threads)
+                   threads=threads, gpus=gpus)
     return export(out, storage, space_path=space_path, epochs=epochs, sample_seed=sample_seed,
                   archs=chosen, log=log)
 

@@ -145,3 +145,18 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
                              "lists as [1,2,3] and quote text with ':' or '#'") from None
     return out
 
+
+def gpus_arg(text: str) -> Any:
+    """``--gpus`` (`cvt_nas.common.gpus.parse_choice`)."""
+    from cvt_nas.common.gpus import parse_choice
+
+    try:
+        return parse_choice(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--gpus {text.strip()!r}: ")
+                                         ) from None
+
+
+GPUS_HELP = ("GPUs the local workers spread over, worker i on the i-th (round-robin): all, none, "
+             "a count (2) or GPU names (0,2; one GPU: 2,); default: all visible when the "
+             "device is auto or cuda")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cvt_nas.commands._common import non_negative_int, parse_set, positive_int, train_set_arg
+from cvt_nas.commands._common import (
+    GPUS_HELP,
+    gpus_arg,
+    non_negative_int,
+    parse_set,
+    positive_int,
+    train_set_arg,
+)
 from cvt_nas.results.io import check_out_dir
 
 
@@ -39,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "workers (default: $CVT_NAS_STORAGE, else DIR/bench.db)")
     b.add_argument("--n-workers", type=positive_int, default=1, help="parallel worker processes")
     b.add_argument("--threads", type=positive_int, help="torch threads per worker")
+    b.add_argument("--gpus", type=gpus_arg, help=GPUS_HELP)
     b.add_argument("--set", action="append", metavar="FIELD=VALUE", type=train_set_arg,
                    help="TrainConfig field for every run that changes where it runs, e.g. "
                         "--set device=cuda or --set data_root=/data")
@@ -47,7 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     from cvt_nas.bench.build import build, default_storage
+    from cvt_nas.common.gpus import select_gpus, visible_gpus
     from cvt_nas.common.storage import check_url, resolve_url
+    from cvt_nas.training.trainer import resolve_device
 
     out = check_out_dir(Path(args.out))
     overrides = parse_set(args.set)
@@ -56,10 +66,13 @@ def run_build(args: argparse.Namespace) -> int:
     if numbers:
         raise ValueError(f"--set {numbers[0]}: a table's runs share one recipe; only device, "
                          f"data_root, download, num_workers, threads and engine may be set")
+    device = str(overrides.get("device", "auto"))
+    resolve_device(device)  # a device this machine lacks: one line, before any study
+    gpus = select_gpus(args.gpus, visible_gpus(), device)
     out.mkdir(parents=True, exist_ok=True)
     storage, flag = resolve_url(args.storage, default_storage(out))
     check_url(storage, flag)
     build(args.space, out, archs=args.archs, seeds=args.seeds, named=args.named,
           epochs=args.epochs, sample_seed=args.sample_seed, storage=storage,
-          n_workers=args.n_workers, threads=args.threads, train_overrides=overrides)
+          n_workers=args.n_workers, threads=args.threads, train_overrides=overrides, gpus=gpus)
     return 0

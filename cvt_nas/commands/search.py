@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from cvt_nas.commands._common import (
+    GPUS_HELP,
     device_arg,
     float_above,
+    gpus_arg,
     int_at_least,
     name_arg,
     non_negative_float,
@@ -52,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--population-size", type=int_at_least(2), help="NSGA-II population")
     p.add_argument("--n-workers", type=positive_int, default=1,
                    help="local worker processes on the study (optuna backend)")
+    p.add_argument("--gpus", type=gpus_arg, help=f"optuna: {GPUS_HELP}")
     p.add_argument("--threads", type=positive_int,
                    help="torch threads per trial (default: CPU cores // workers)")
     p.add_argument("--device", type=device_arg, help="override train.device (cpu, cuda, cuda:1, auto)")
@@ -65,8 +68,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="optuna: train a sample again even when a complete trial of the study had "
                         "the same parameters (default: copy its result, marked in `reason`)")
     p.add_argument("--cpus-per-trial", type=float_above(0), default=1.0, help="ray: CPUs per trial")
-    p.add_argument("--gpus-per-trial", type=non_negative_float, default=0.0,
-                   help="ray: GPUs per trial (fractions share a GPU)")
+    p.add_argument("--gpus-per-trial", type=non_negative_float,
+                   help="ray: GPUs per trial (fractions share a GPU); default: 1 when the "
+                        "cluster has GPUs and the device is auto or cuda, else 0")
     p.add_argument("--address", help="ray: join this cluster (host:port from `ray start "
                    "--head`); default: start a local Ray on 127.0.0.1")
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -122,10 +126,22 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or max(1, _cpus() // args.n_workers)
     if args.backend == "ray":
         threads = args.threads or max(1, int(args.cpus_per_trial))
+    from cvt_nas.common.gpus import select_gpus, visible_gpus
+
+    if args.backend != "optuna" and args.gpus is not None:
+        raise ValueError(f"--gpus is for the optuna backend; {args.backend.split(':')[0]} "
+                         "places trials itself (ray: --gpus-per-trial; table: nothing to place)")
+    visible = visible_gpus() if args.backend == "optuna" else ()
     settings = TrialSettings(study=study, backend="table" if table else args.backend,
-                             objectives=dict(objectives),
-                             device=args.device, threads=threads)
-    from cvt_nas.common.storage import check_url, default_storage_url, redact, resolve_url
+                             objectives=dict(objectives), device=args.device, threads=threads,
+                             gpus_seen=len(visible))
+    from cvt_nas.common.storage import (
+        check_url,
+        default_storage_url,
+        redact,
+        resolve_url,
+        shown_url,
+    )
     from cvt_nas.search.optuna_backend import SearchRun
     from cvt_nas.search.trial import preflight
 
@@ -143,11 +159,13 @@ def run(args: argparse.Namespace) -> int:
                        population_size=args.population_size or defaults.get("population_size"),
                        heartbeat=args.heartbeat or None,
                        reuse_duplicates=not args.retrain_duplicates, runner=runner)
+    gpus = select_gpus(args.gpus, visible, search.device) if args.backend == "optuna" else ()
     meta: dict[str, Any] = {
         "command": args.command_line, "space_file": str(args.space), "space": space.raw,
         "settings": {"backend": args.backend, "trials": trials, "sampler": sampler,
-                     "pruner": pruner, "seed": seed, "storage": redact(url),
+                     "pruner": pruner, "seed": seed, "storage": shown_url(url),
                      "n_workers": args.n_workers, "threads": threads, "device": args.device,
+                     "gpus": list(gpus),
                      "reuse_duplicates": args.backend != "ray" and not args.retrain_duplicates,
                      "overrides": parse_set(args.set)},
     }
@@ -176,7 +194,10 @@ def run(args: argparse.Namespace) -> int:
 
             run_table_search(search, out, meta, progress=not args.quiet)
         else:
-            run_search(search, args.n_workers, out, meta, progress=not args.quiet)
+            if gpus:
+                print(f"cvt-nas search: {args.n_workers} worker(s) on GPU(s) {', '.join(gpus)} "
+                      "(one each, round-robin)", file=sys.stderr)
+            run_search(search, args.n_workers, out, meta, progress=not args.quiet, gpus=gpus)
     _summary(out, study)
     return 0
 

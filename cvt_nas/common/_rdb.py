@@ -1,21 +1,43 @@
-"""An Optuna RDB storage that pickles without the password in its URL.
+"""An Optuna RDB storage that pickles without the password in its URL and rides out a database
+server restart.
 
 Ray Tune pickles its searcher (and with it the study and its storage) into the experiment
 folder (``tuner.pkl``, ``searcher-state-*.pkl``); Optuna's own ``RDBStorage`` keeps its URL in
 what it pickles. This one keeps the URL without its password; unpickled, it takes the full URL
 from the environment variable named at creation (``$CVT_NAS_STORAGE``) when that names the same
 database, else it connects without a password (PostgreSQL then reads ``~/.pgpass``).
+
+Server restarts: a call that fails because the connection is gone (SQLAlchemy's
+``OperationalError``/``InterfaceError``: the server closed it, refuses, or is starting up) is
+tried again for up to `RECONNECT_S` on a fresh connection, for every call whose repeat is
+harmless (reads, attributes, parameters, heartbeats, a trial's final state). Creating a study or
+a trial is not repeated: a commit cut off mid-way may have happened, and a second one would add a
+trial nobody runs. SQLite is not retried (its lock waits have their own timeout).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 from optuna.storages import RDBStorage
 
+RECONNECT_S = 60.0
 _PASSWORD_KEYS = ("password", "passwd", "pwd")
+# RDBStorage methods whose repeat after a lost connection is harmless (see the module docstring);
+# ``_get_trials`` is what Optuna's cached storage reads trials with.
+_REPEATABLE = (
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "get_trial_user_attrs",
+    "get_trial_system_attrs", "get_all_studies", "get_trial_param", "get_trial",
+    "get_all_trials", "_get_trials", "get_trial_id_from_study_id_trial_number",
+    "get_best_trial", "set_study_user_attr", "set_study_system_attr", "set_trial_param",
+    "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
+    "set_trial_system_attr", "record_heartbeat", "_get_stale_trial_ids")
 _USERINFO = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):\S*@(?=[^@\s]*(?:[/?]|$))")
 
 
@@ -36,6 +58,41 @@ class SecretFreeRDBStorage(RDBStorage):
         if full and without_password(full) == state["url"]:
             state = {**state, "url": full}
         super().__setstate__(state)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Is a lost or refused database connection behind ``exc`` (Optuna wraps it)?"""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (OperationalError, InterfaceError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _reconnecting(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` tried again on a lost connection, for up to `RECONNECT_S` (not for SQLite)."""
+
+    @functools.wraps(method)
+    def call(self: SecretFreeRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        deadline, wait = time.monotonic() + RECONNECT_S, 0.25
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                if (self.url.startswith("sqlite") or not _connection_lost(exc)
+                        or time.monotonic() + wait > deadline):
+                    raise
+            time.sleep(wait)
+            wait = min(2 * wait, 4.0)
+
+    return call
+
+
+for _name in _REPEATABLE:
+    setattr(SecretFreeRDBStorage, _name, _reconnecting(getattr(RDBStorage, _name)))
 
 
 def without_password(url: str) -> str:

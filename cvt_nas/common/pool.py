@@ -14,6 +14,9 @@
   work remains, a replacement is started (at most ``n`` in all); at the end one line names the
   lost workers (pid, signal). If they could not finish the work, `WorkersLost` says so. A worker
   stopped by its own SIGTERM/SIGINT is not replaced (someone asked it to stop).
+* Environment: ``env(index)`` is set in worker ``index``'s environment before its target runs
+  (and before it imports torch), e.g. its own ``CUDA_VISIBLE_DEVICES``; with ``env`` every
+  worker is a process, one too.
 * A worker whose parent dies gets SIGTERM (Linux ``PR_SET_PDEATHSIG``), so a killed search
   leaves no orphan training on.
 """
@@ -28,7 +31,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
@@ -111,8 +114,11 @@ def _handlers(handler: Callable[[int, Any], None]) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _child(target: Callable[..., Any], args: tuple[Any, ...], index: int, parent: int) -> None:
-    """A worker process: die with the parent, stop on a signal, run the target."""
+def _child(target: Callable[..., Any], args: tuple[Any, ...], index: int, parent: int,
+           env: Mapping[str, str]) -> None:
+    """A worker process: die with the parent, take its environment, stop on a signal, run the
+    target."""
+    os.environ.update(env)  # before the target imports torch (CUDA reads it when it starts)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -127,24 +133,26 @@ def _child(target: Callable[..., Any], args: tuple[Any, ...], index: int, parent
 
 def run_workers(target: Callable[..., Any], args: tuple[Any, ...], n: int, *,
                 unfinished: Callable[[], bool], label: str,
-                stop_grace: float = STOP_GRACE) -> list[Lost]:
+                stop_grace: float = STOP_GRACE,
+                env: Callable[[int], Mapping[str, str]] | None = None) -> list[Lost]:
     """Run ``target(*args, index)`` in ``n`` workers until they end; returns the lost ones.
 
     Args:
         target: a module-level function (it is pickled for ``spawn``); it must end when the
             work is done and leave its trial resumable on ``KeyboardInterrupt``.
         args: its arguments before the worker index (picklable).
-        n: number of workers; 1 runs the target in this process.
+        n: number of workers; 1 runs the target in this process (unless ``env`` is given).
         unfinished: does work remain? Asked when no worker is left and one was lost.
         label: what runs, for messages (``cvt-nas search``).
         stop_grace: seconds between forwarding a stop and killing the workers still running.
+        env: environment variables of worker ``index`` (called here, in the parent).
 
     Raises:
         Interrupted: this process got SIGINT/SIGTERM (after every worker ended).
         WorkersLost: no worker is left, the replacements are used up and work remains.
     """
     STOP.clear()
-    if n <= 1:
+    if n <= 1 and env is None:
         with stop_on_signals():
             target(*args, 0)
         return []
@@ -153,7 +161,8 @@ def run_workers(target: Callable[..., Any], args: tuple[Any, ...], n: int, *,
     asked: list[int] = []  # signals received
 
     def start(index: int) -> None:
-        p = ctx.Process(target=_child, args=(target, args, index, os.getpid()),
+        p = ctx.Process(target=_child, args=(target, args, index, os.getpid(),
+                                             dict(env(index)) if env else {}),
                         name=f"cvt-nas-worker-{index}")
         p.start()
         live[p.sentinel] = (index, p)

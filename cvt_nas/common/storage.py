@@ -3,8 +3,9 @@
 A storage is named by a URL (``sqlite:///study.db``, ``postgresql+psycopg2://user@host/db``) or
 a journal file path (``*.journal``, ``*.log``, ``*.jsonl``, or ``journal:///path``). RDB
 storages get heartbeats, so a trial whose process died is failed after ``grace`` seconds and its
-parameters retried once (``on_stale``); SQLite waits up to 60 s for a lock; workers that create
-the schema of a new database at the same moment wait for each other instead of failing.
+parameters retried once (``on_stale``); SQLite waits up to 60 s for a lock; a database server
+that restarts is reconnected to (`cvt_nas.common._rdb`); workers that create the schema of a new
+database at the same moment wait for each other instead of failing.
 
 Secrets: a password may be given in the URL, in ``$CVT_NAS_STORAGE`` (read when ``--storage`` is
 not given, so the URL is not on a command line) or, better, in PostgreSQL's own password file
@@ -20,6 +21,7 @@ counts the study, since a dead RUNNING trial still looks busy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -55,6 +57,20 @@ def redact(text: str) -> str:
     """
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
     return _PASSWORD_PARAM.sub(lambda m: f"{m['key']}***", text)
+
+
+def shown_url(url: str) -> str:
+    """``url`` as written into results files: redacted (`redact`), and a SQLite or journal file
+    under the working directory named relative to it, so no machine's folder layout is kept.
+
+    >>> shown_url(f"sqlite:///{Path.cwd() / 'results' / 'study.db'}")
+    'sqlite:///results/study.db'
+    """
+    prefix = "sqlite:///" if url.startswith("sqlite:///") else "" if "://" not in url else None
+    if prefix is not None and Path(url[len(prefix):]).is_absolute():
+        with contextlib.suppress(ValueError):
+            return prefix + str(Path(url[len(prefix):]).relative_to(Path.cwd()))
+    return redact(url)
 
 
 def default_storage_url(out_dir: str | Path) -> str:
@@ -134,6 +150,8 @@ def open_storage(url: str, heartbeat: int | None = 10,
         if db:
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    else:  # a server: check a pooled connection before use, so a restart costs no error
+        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
     if heartbeat:
         kwargs.update(heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
         if on_stale is not None:

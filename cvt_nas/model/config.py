@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from cvt_nas.common.fields import check_fields, from_fields
+
 EMBED_TYPES = ("conv", "patch")
 PROJ_METHODS = ("dw_bn", "avg", "linear")
 ACTS = ("quick_gelu", "gelu")
@@ -161,23 +163,11 @@ class CvTConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> CvTConfig:
         """Build from a plain dict; unknown keys are a ValueError naming the key and source."""
-        allowed = {f.name for f in fields(cls) if f.name != "extra"}
-        unknown = sorted(map(str, set(data) - allowed))
-        if unknown:
-            raise ValueError(
-                f"{source}: unknown CvTConfig field(s) {unknown}; allowed: {sorted(allowed)}"
-            )
-        try:
-            return cls(**dict(data))
-        except ValueError as exc:
-            raise ValueError(f"{source}: {exc}") from None
+        return from_fields(cls, data, source, _field_names())
 
     def replace(self, /, **overrides: Any) -> CvTConfig:
         """A copy with some fields changed; per-stage fields accept a scalar for every stage."""
-        allowed = {f.name for f in fields(self) if f.name != "extra"}
-        unknown = sorted(map(str, set(overrides) - allowed))
-        if unknown:
-            raise ValueError(f"unknown CvTConfig field(s) {unknown}; allowed: {sorted(allowed)}")
+        check_fields("CvTConfig", overrides, _field_names())
         expanded = {}
         for key, value in overrides.items():
             if key in STAGE_FIELDS and not isinstance(value, list | tuple):
@@ -188,6 +178,11 @@ class CvTConfig:
     def arch_id(self) -> str:
         """A stable, canonical short id of the architecture (drop path and dropout excluded)."""
         return arch_id(self)
+
+
+def _field_names() -> set[str]:
+    # ``extra`` is free-form and out of to_dict, so it is no field that data or overrides name
+    return {f.name for f in fields(CvTConfig) if f.name != "extra"}
 
 
 def _to_plain(value: Any) -> Any:

@@ -59,8 +59,11 @@ def list_models() -> list[str]:
     return list(PRESETS)
 
 
-def get_config(name: str, **overrides: Any) -> CvTConfig:
-    """The preset's config with overrides applied (a scalar sets a per-stage field everywhere)."""
+def get_config(name: str, /, **overrides: Any) -> CvTConfig:
+    """The preset's config with overrides applied (a scalar sets a per-stage field everywhere).
+
+    ``name`` is positional-only, so every keyword is a `CvTConfig` field override.
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; choose one of {list_models()}")
     return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]

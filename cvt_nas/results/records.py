@@ -7,7 +7,9 @@ Column schema (see `trial_columns`), in this order:
 * metrics: ``params``, ``macs`` (at the trial's image size), ``val_top1``, ``val_top5``,
   ``test_top1``, ``test_top5`` (percent; NaN when not evaluated), ``train_loss``, ``epochs``
   (epochs actually run), ``wall_time_s``, ``images_per_s`` (training throughput), ``device`` and
-  ``threads`` (where it ran), ``seed``, ``finished_at`` (ISO 8601, UTC, when the record was made)
+  ``threads`` (where it ran; a GPU by its physical name, ``cuda:2 (NVIDIA H200)``, whatever
+  ``CUDA_VISIBLE_DEVICES`` the process had: `cvt_nas.common.gpus.physical_device`), ``seed``,
+  ``finished_at`` (ISO 8601, UTC, when the record was made)
 * architecture scalars: ``img_size``, ``in_chans``, ``num_classes``, ``qkv_bias``, ``act``,
   ``attn_scale``, ``drop_rate``, ``num_stages``
 * per-stage architecture: ``<field>_s<stage>`` for every field of `CvTConfig`'s
@@ -19,7 +21,10 @@ Column schema (see `trial_columns`), in this order:
   JSON strings
 * ``arch``: the canonical JSON of ``CvTConfig.to_dict()`` (sorted keys), enough to rebuild the
   config with ``CvTConfig.from_dict(json.loads(row.arch))``
-* ``error``, then any ``extra`` keys the caller adds.
+* ``error``, then any ``extra`` keys the caller adds. A search adds ``params_sampled``,
+  ``constraint_violation``, ``worker`` (``host:pid:start``, plus ``@gpu<N>`` for a process pinned
+  to GPU N: `cvt_nas.common.gpus.worker_label`) and, for a trial that trained on the CPU while
+  the search had GPUs, ``warning`` (`cvt_nas.common.gpus.cpu_warning`).
 
 The per-epoch table (`history_rows`) is long: ``study``, ``trial``, ``epoch`` and the metrics
 the trainer reported (``train_loss``, ``val_top1``, ``val_top5``, ``lr``, ``time_s``, ...).
@@ -38,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from cvt_nas.common import fmt
+from cvt_nas.common.gpus import physical_device
 from cvt_nas.model.config import BLOCK_FIELDS, STAGE_FIELDS, CvTConfig
 from cvt_nas.model.cost import Cost, analytic_cost
 
@@ -158,7 +164,7 @@ def make_record(
         trial: trial number within the study.
         backend: ``"optuna"``, ``"ray"``, ``"ablate"``, ``"train"``, ...
         model_cfg: the architecture; pass the config the trial trains (after
-            ``cvt_nas.training.trainer.adapt_config``) so ``in_chans``/``num_classes`` match the
+            ``cvt_nas.training.datasets.adapt_config``) so ``in_chans``/``num_classes`` match the
             data. None for a sample that gives no valid architecture: the row then keeps the
             identity, the training fields and the reason, with no architecture columns.
         train_cfg: a ``TrainConfig`` (or its ``to_dict()``); None when there is none either.
@@ -190,6 +196,7 @@ def make_record(
         "reason": reason, "arch_id": model_cfg.arch_id() if model_cfg is not None else None,
     }
     record.update({k: _clean(res.get(k)) for k in _RESULT_FIELDS if k != "error"})
+    record["device"] = physical_device(record["device"])  # made where the trial ran
     if (record["params"] is None or record["macs"] is None) and model_cfg is not None:
         if cost is None:
             try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
+from cvt_nas.common.gpus import worker_env
 from cvt_nas.common.pool import STOP, run_workers
 from cvt_nas.search import study as store
 from cvt_nas.search.progress import Progress
@@ -66,6 +68,12 @@ class SearchRun:
         """Training epochs of a trial (the space fixes them, or they default to the recipe)."""
         train = self.space.random(0).train
         return train.epochs if train is not None else 1
+
+    @property
+    def device(self) -> str:
+        """The device trials ask for (``--device``, else the space's ``train.device``)."""
+        train = self.space.random(0).train
+        return self.settings.device or (train.device if train is not None else "auto")
 
 
 def make_sampler(run: SearchRun, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -316,8 +324,12 @@ def _worker_entry(run: SearchRun, index: int) -> None:
 
 
 def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[str, Any],
-               progress: bool = True) -> optuna.Study:
+               progress: bool = True, gpus: Sequence[str] = ()) -> optuna.Study:
     """Run (or resume) a study with ``n_workers`` local processes and write its results.
+
+    With ``gpus`` (`cvt_nas.common.gpus.select_gpus`) every worker is a process pinned to one of
+    them, round-robin (`cvt_nas.common.gpus.worker_env`): ``cuda`` in worker ``i`` is GPU
+    ``gpus[i % len(gpus)]``.
 
     Trials that a killed process left RUNNING on this machine are failed and their parameters
     retried once; on other machines the RDB heartbeat does the same after three missed beats.
@@ -339,7 +351,8 @@ def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[s
                   show=progress), store.results_on_exit(study, out_dir, objectives, meta):
         try:
             run_workers(_worker_entry, (run,), n_workers, label="cvt-nas search",
-                        unfinished=lambda: _unfinished(study, run))
+                        unfinished=lambda: _unfinished(study, run),
+                        env=(lambda i: worker_env(gpus, i)) if gpus else None)
         finally:
             store.fail_dead_trials(study)  # workers killed after the stop grace
     return study

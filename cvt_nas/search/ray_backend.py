@@ -15,12 +15,18 @@ Early stopping: ``--pruner asha`` runs Ray's ASHA on ``val_top1`` (for multi-obj
 too: the costs are known before training, so only accuracy is learned; see
 `cvt_nas.search.rungs` for the trade-off). Every per-epoch report carries the record the trial
 would leave if stopped there (status ``pruned``), so a stopped trial's last report is its record.
+
+GPUs: without ``--gpus-per-trial``, a cluster with GPUs gives each trial one when the device is
+``auto`` or ``cuda`` (`gpus_per_trial`). Ray pins a trial to its GPUs (``CUDA_VISIBLE_DEVICES``
+= ``ray.get_gpu_ids()``, which the record's ``worker`` column names); a trial that reserved none
+sees none, so it trains on the CPU, and its record says so (``warning``) when the cluster had GPUs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +38,10 @@ from cvt_nas.search.progress import Progress
 from cvt_nas.search.trial import Gate, evaluate, gate, record_extra
 
 RAY_PRUNERS = ("none", "asha")
+# Times Tune runs a trial again, from its start, after the trial's process or node was lost
+# (a trial never raises: `evaluate` turns its own errors into a record, so an error Tune sees
+# is the machine's). The rerun is the same Tune trial and the same Optuna trial, recorded once.
+TRIAL_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -39,7 +49,7 @@ class RayOptions:
     """Resources per trial and where the cluster is."""
 
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | None = None  # None: `gpus_per_trial` decides
     address: str | None = None  # None: start a local Ray on 127.0.0.1
 
 
@@ -50,6 +60,22 @@ def _ray_env(local: bool) -> None:
         # Ray 2.60 on Linux binds the machine's address unless this is 0 (ENVIRONMENT.md).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def gpus_per_trial(asked: float | None, cluster_gpus: float, device: str) -> float:
+    """GPUs each trial requests: ``asked`` when given, else 1 on a cluster with GPUs when the
+    device is ``auto`` or ``cuda``, else 0.
+
+    Raises:
+        ValueError: ``--gpus-per-trial 0`` with device ``cuda`` (such trials see no GPU).
+    """
+    if asked is None:
+        return 1.0 if cluster_gpus > 0 and device in ("auto", "cuda") else 0.0
+    if asked == 0 and device.startswith("cuda"):
+        raise ValueError(f"--gpus-per-trial 0 with --device / train.device {device}: a trial "
+                         "that reserves no GPU sees none; drop --gpus-per-trial or use "
+                         "--device auto")
+    return asked
 
 
 def _metrics(values: list[float] | None, objectives: dict[str, str], status: str
@@ -65,11 +91,14 @@ def _metrics(values: list[float] | None, objectives: dict[str, str], status: str
 
 def _trainable(config: dict[str, Any], run: SearchRun) -> None:
     """One Tune trial: rebuild the sample from its parameters and evaluate it."""
+    import ray
     import torch
     from ray import tune
 
     from cvt_nas.results import make_record
 
+    if not ray.get_gpu_ids():  # reserved none: use none (Ray leaves CUDA_VISIBLE_DEVICES unset)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     config = dict(config)
     number = int(config.pop("trial_number"))
     sample = run.space.build(config)
@@ -175,7 +204,8 @@ def run_ray(run: SearchRun, opts: RayOptions, out_dir: str | Path, meta: dict[st
     """Run (or resume) a study on Ray Tune and write its results; returns the Optuna study.
 
     The Ray driver is the study's only sampler: trials it left RUNNING when it was killed are
-    failed and their parameters retried once.
+    failed and their parameters retried once. A trial whose worker or node is lost runs again
+    elsewhere (`TRIAL_RETRIES`), as the same study trial.
     """
     if run.pruner not in RAY_PRUNERS:
         raise ValueError(f"--pruner {run.pruner!r}: the ray backend offers {list(RAY_PRUNERS)} "
@@ -212,8 +242,17 @@ def run_ray(run: SearchRun, opts: RayOptions, out_dir: str | Path, meta: dict[st
             if run.pruner == "asha":
                 scheduler = ASHAScheduler(metric="val_top1", mode="max", max_t=run.epochs,
                                           grace_period=1, reduction_factor=run.eta)
-            resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
-            shipped = replace(run, storage_url="")  # what Ray pickles: no storage URL in it
+            cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+            gpus = gpus_per_trial(opts.gpus_per_trial, cluster_gpus, run.device)
+            if opts.gpus_per_trial is None and gpus:
+                print(f"cvt-nas search: the Ray cluster has {cluster_gpus:g} GPU(s): each trial "
+                      f"gets {gpus:g} (--gpus-per-trial 0 keeps trials on the CPU)",
+                      file=sys.stderr, flush=True)
+            meta = {**meta, "settings": {**meta.get("settings", {}), "gpus_per_trial": gpus}}
+            resources = {"cpu": opts.cpus_per_trial, "gpu": gpus}
+            # what Ray pickles: no storage URL in it
+            shipped = replace(run, storage_url="", settings=replace(
+                run.settings, gpus_seen=int(cluster_gpus)))
             trainable = tune.with_resources(tune.with_parameters(_trainable, run=shipped),
                                             resources)
             tuner = tune.Tuner(
@@ -224,7 +263,7 @@ def run_ray(run: SearchRun, opts: RayOptions, out_dir: str | Path, meta: dict[st
                 run_config=tune.RunConfig(
                     name=f"ray-{time.strftime('%Y%m%d-%H%M%S')}",
                     storage_path=str((Path(out_dir) / "ray").resolve()), verbose=0,
-                    failure_config=tune.FailureConfig(max_failures=0)),
+                    failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES)),
             )
             with Progress(run.storage_url, run.settings.study, run.trials, objectives,
                                 out_dir, meta, show=progress):
@@ -238,4 +277,5 @@ def run_ray(run: SearchRun, opts: RayOptions, out_dir: str | Path, meta: dict[st
     return study
 
 
-__all__ = ["RAY_PRUNERS", "DefineByRun", "RayOptions", "run_ray", "trial_dirname"]
+__all__ = ["RAY_PRUNERS", "TRIAL_RETRIES", "DefineByRun", "RayOptions", "gpus_per_trial",
+           "run_ray", "trial_dirname"]

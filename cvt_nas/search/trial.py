@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cvt_nas.common.gpus import cpu_warning, worker_label
 from cvt_nas.common.proc import worker_tag
 from cvt_nas.model.config import CvTConfig
 from cvt_nas.model.cost import Cost
@@ -51,6 +52,8 @@ class TrialSettings:
         device: overrides the space's ``train.device`` (None keeps it).
         threads: torch threads of one trial (None leaves torch's setting).
         latency_batch: batch size of the latency measurement.
+        gpus_seen: GPUs there were for the search (this machine's, or the Ray cluster's): a
+            trial that trains on the CPU anyway says so in its record's ``warning``.
     """
 
     study: str
@@ -59,6 +62,7 @@ class TrialSettings:
     device: str | None = None
     threads: int | None = None
     latency_batch: int = 1
+    gpus_seen: int = 0
 
 
 @dataclass(frozen=True)
@@ -231,9 +235,10 @@ def objective_values(record: Mapping[str, Any], objectives: Mapping[str, str]) -
 
 
 def record_extra(sample: Sample, g: Gate, settings: TrialSettings) -> dict[str, Any]:
-    """Columns a search adds to `make_record`'s: sampled parameters, violation, worker."""
+    """Columns a search adds to `make_record`'s: sampled parameters, violation, worker (with
+    its GPU, `cvt_nas.common.gpus.worker_label`)."""
     extra: dict[str, Any] = {"params_sampled": json.dumps(sample.params, sort_keys=True),
-                             "constraint_violation": g.violation, "worker": worker_tag()}
+                             "constraint_violation": g.violation, "worker": worker_label()}
     if "latency" in settings.objectives:
         extra["latency"] = None
     return extra
@@ -321,6 +326,8 @@ def evaluate(
             raise
 
     result = runner.run(sample, g, reporting if report else None)
+    if warning := cpu_warning(result.device, settings.gpus_seen):
+        extra["warning"] = warning
     record = make_record(study=settings.study, trial=trial, backend=settings.backend,
                          model_cfg=g.model, train_cfg=g.train, result=result,
                          reason=result.error or (why[0] if why else None), extra=extra,
@@ -354,4 +361,4 @@ def _infeasible_record(space: SearchSpace, sample: Sample, g: Gate, trial: int,
 
     return make_record(study=settings.study, trial=trial, backend=settings.backend,
                        model_cfg=g.model, train_cfg=g.train, result=None, status="infeasible",
-                       reason=g.reason, extra=extra)
+                       reason=g.reason, extra=extra, cost=g.cost)

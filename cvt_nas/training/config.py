@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from cvt_nas.common.fields import check_fields, from_fields
 from cvt_nas.common.yamlfile import read_yaml
 from cvt_nas.model.config import LIMITS
 from cvt_nas.training.datasets import BUILTIN, FOLDER_PREFIX
@@ -137,16 +138,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "train config") -> TrainConfig:
         """Build from a plain dict; unknown keys are a ValueError naming the key and source."""
-        allowed = field_names()
-        unknown = sorted(map(str, set(data) - set(allowed)))
-        if unknown:
-            raise ValueError(
-                f"{source}: unknown TrainConfig field(s) {unknown}; allowed: {sorted(allowed)}"
-            )
-        try:
-            return cls(**dict(data))
-        except ValueError as exc:
-            raise ValueError(f"{source}: {exc}") from None
+        return from_fields(cls, data, source, field_names())
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -156,10 +148,7 @@ class TrainConfig:
 
     def replace(self, /, **overrides: Any) -> TrainConfig:
         """A copy with some fields changed (validated; unknown fields are a ValueError)."""
-        allowed = field_names()
-        unknown = sorted(map(str, set(overrides) - set(allowed)))
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; allowed: {sorted(allowed)}")
+        check_fields("TrainConfig", overrides, field_names())
         return dataclasses.replace(self, **overrides)
 
 

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 from cvt_nas.model.config import CvTConfig
 from cvt_nas.training.config import TrainConfig
+from cvt_nas.training.datasets import adapt_config
 from cvt_nas.training.memory import Calibration, MemoryBudget, TrialMemory, estimate
-from cvt_nas.training.trainer import TrialResult, adapt_config, run_trial
+from cvt_nas.training.trainer import TrialResult, run_trial
 
 RunFn = Callable[[CvTConfig, TrainConfig], TrialResult]
 

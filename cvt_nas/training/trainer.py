@@ -34,8 +34,7 @@ from cvt_nas.training.seeds import epoch_seed
 
 Report = Callable[[int, dict[str, Any]], None]
 
-# adapt_config lives in cvt_nas.training.datasets (torch-free); re-exported for old imports.
-__all__ = ["TrialPruned", "TrialResult", "adapt_config", "resolve_device", "run_trial"]
+__all__ = ["TrialPruned", "TrialResult", "resolve_device", "run_trial"]
 
 
 class TrialPruned(Exception):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from cvt_nas.ablation.experiment import cost_rows, load_experiment
 from cvt_nas.ablation.table import build_table
@@ -291,3 +292,24 @@ def test_ablate_on_complete_studies_trains_nothing_and_writes_a_results_director
     assert meta["study"] == "table7_kv_stride-reduced" and meta["settings"]["seeds"] == 5
     assert main(["report", str(out)]) == 0
     assert "10 trials (10 complete)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("extra", "fragments"), [
+    (["--set", "img_size=3"], ["row 'a'", "img_size 3", "leaves no tokens"]),
+    (["--set", "device=cuda:64"], ["--set device", "'cuda:64'"]),
+    pytest.param(["--set", "device=cuda"], ["--set device", "CUDA is not available"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")),
+])
+def test_a_set_that_cannot_run_is_one_line_before_any_study(
+        extra: list[str], fragments: list[str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    storage = tmp_path / "studies.db"
+    assert main(["ablate", str(EXPERIMENTS / "table6_conv_token_embedding.yaml"),
+                 "--out", str(tmp_path / "t6"), "--storage", f"sqlite:///{storage}",
+                 *extra]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("cvt-nas ablate: error: ")
+    assert "table6_conv_token_embedding.yaml" in err
+    for frag in fragments:
+        assert frag in err
+    assert not storage.exists() and not (tmp_path / "t6").exists()  # no study, no folder

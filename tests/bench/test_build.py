@@ -131,6 +131,7 @@ def test_a_table_only_grows_with_its_own_recipe(table: Path) -> None:
     (["--archs", "2", "--set", "lr=0.1"], "--set lr: a table's runs share one recipe"),
     (["--archs", "41"], "only 40 feasible"),
     (["--archs", "2", "--named", "nope.yaml"], "nope.yaml"),
+    (["--archs", "2", "--gpus", "1"], "--gpus 1: no GPU is visible here"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           args: list[str], message: str) -> None:

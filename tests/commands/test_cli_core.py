@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -49,3 +52,24 @@ def test_profile_errors_are_one_line(argv: list[str], fragments: list[str],
     assert len(err.splitlines()) == 1, err
     for frag in fragments:
         assert frag in err
+
+
+@pytest.mark.parametrize("buffered", [True, False])
+@pytest.mark.parametrize("argv", [["models"], ["search", "search_spaces/cvt_micro.yaml", "--dry-run"],
+                                  ["--help"]])
+def test_a_reader_that_left_ends_the_command_quietly(argv: list[str], buffered: bool) -> None:
+    # `cvt-nas ... | head`: a real pipe whose reader is gone before the command writes, so
+    # every write (or the final flush, when stdout is buffered) meets EPIPE.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "cvt_nas.cli", *argv], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    # argparse's --help drops its own write errors (exit 0); otherwise the shell's 128 + SIGPIPE
+    assert proc.returncode == (0 if argv == ["--help"] and not buffered else 141)

@@ -66,6 +66,24 @@ def _signal_when(folder: Path, names: list[str], signum: int) -> threading.Threa
     return thread
 
 
+def _note_env(folder: str, index: int) -> None:
+    Path(folder, f"env-{index}").write_text(
+        f"{os.environ.get('CVT_NAS_TEST_GPU')} {os.getpid()} {'torch' in sys.modules}")
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_each_worker_gets_its_own_environment_before_it_runs(tmp_path: Path, n: int) -> None:
+    """``env``: worker i's variables are set before the target (and torch) runs, in a process
+    of its own even when there is one worker (this one's environment is left alone)."""
+    assert run_workers(_note_env, (str(tmp_path),), n, label="test", unfinished=lambda: False,
+                       env=lambda i: {"CVT_NAS_TEST_GPU": "ab"[i % 2]}) == []
+    seen = [(tmp_path / f"env-{i}").read_text().split() for i in range(n)]
+    assert [gpu for gpu, _, _ in seen] == ["a", "b", "a"][:n]
+    assert all(int(pid) != os.getpid() for _, pid, _ in seen)
+    assert {torch for _, _, torch in seen} == {"False"}
+    assert "CVT_NAS_TEST_GPU" not in os.environ
+
+
 def test_a_dead_worker_is_replaced_while_work_remains(tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     lost = run_workers(_die_unless_replacement, (str(tmp_path), 2), 2, label="test",

@@ -151,3 +151,36 @@ def test_a_dead_local_worker_s_trial_is_failed_a_live_or_remote_one_is_not(
                       "untagged": "RUNNING"}
     assert fail_dead_trials(study, only_local=False) == sorted(
         trials[n].number for n in ("me", "remote", "untagged"))  # the Ray driver's reset
+
+
+def test_shown_url_names_local_files_relative_and_hides_passwords(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cvt_nas.common.storage import shown_url
+
+    monkeypatch.chdir(tmp_path)
+    assert shown_url(f"sqlite:///{tmp_path / 'results' / 'study.db'}") == \
+        "sqlite:///results/study.db"
+    assert shown_url(str(tmp_path / "runs" / "a.journal")) == "runs/a.journal"
+    assert shown_url("sqlite:////elsewhere/study.db") == "sqlite:////elsewhere/study.db"
+    assert shown_url("postgresql+psycopg2://me:s3cret@db/x") == "postgresql+psycopg2://me:***@db/x"
+
+
+def test_a_postgresql_storage_rides_out_a_server_restart_and_an_outage(
+        postgres: PostgresServer) -> None:
+    import threading
+
+    storage = open_storage(postgres.url(), heartbeat=None)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.add_trial(optuna.trial.create_trial(value=1.0))
+    postgres.restart()  # every pooled connection is now dead: checked before use, replaced
+    assert [t.value for t in study.get_trials()] == [1.0]
+    assert postgres.ctl is not None
+    postgres.ctl("stop")  # down for a few seconds while the study is read: the call waits
+    later = threading.Timer(3.0, postgres.ctl, args=("start",))
+    later.start()
+    try:
+        trial = study.trials[0]
+        study.set_user_attr("after", "outage")
+        assert trial.value == 1.0 and study.user_attrs["after"] == "outage"
+    finally:
+        later.join()

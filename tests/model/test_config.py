@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cvt_nas.model.config import LIMITS, CvTConfig
-from cvt_nas.model.presets import CVT_13, PRESETS
+from cvt_nas.model.presets import CVT_13, PRESETS, get_config
 
 
 def test_round_trip_every_preset() -> None:
@@ -87,6 +87,13 @@ def test_unknown_field_lists_allowed() -> None:
         CvTConfig.from_dict({"dim": 3}, source="x.yaml")
     with pytest.raises(ValueError, match="unknown CvTConfig field"):
         CVT_13.replace(heads=3)
+
+
+def test_get_config_takes_every_keyword_as_a_field_override() -> None:
+    # the preset name is positional-only: `name=` is a (here unknown) field, not the preset
+    with pytest.raises(ValueError, match=r"unknown CvTConfig field\(s\) \['name'\]"):
+        get_config("cvt_micro", name="x")
+    assert get_config("cvt_micro", kv_stride=1).kv_stride == (1, 1, 1)
 
 
 def test_grid_sizes_and_drop_path_schedule() -> None:

@@ -22,8 +22,8 @@ def _feasible(space: Any) -> Any:
                 if gate(space, s := space.random(i), SETTINGS).feasible)
 
 
-def test_evaluating_one_trial_calls_the_cost_model_once(monkeypatch) -> None:
-    """Gate, constraints, trainer and record all see one `analytic_cost` call.
+def _count_cost_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The image sizes of every `analytic_cost` call from now on.
 
     A counting wrapper replaces `analytic_cost` in every loaded module that imported it (the
     real cost model runs; only the calls are counted).
@@ -35,11 +35,18 @@ def test_evaluating_one_trial_calls_the_cost_model_once(monkeypatch) -> None:
         calls.append(img_size or cfg.img_size)
         return real(cfg, img_size)
 
-    space = load_space(TINY, overrides={"train.train_subset": 200, "train.val_fraction": 0.005})
-    sample = _feasible(space)
     for module in list(sys.modules.values()):
         if getattr(module, "analytic_cost", None) is real:
             monkeypatch.setattr(module, "analytic_cost", counting)
+    return calls
+
+
+def test_evaluating_one_trial_calls_the_cost_model_once(monkeypatch) -> None:
+    """Gate, constraints, trainer and record all see one `analytic_cost` call."""
+    real = cost_module.analytic_cost
+    space = load_space(TINY, overrides={"train.train_subset": 200, "train.val_fraction": 0.005})
+    sample = _feasible(space)
+    calls = _count_cost_calls(monkeypatch)
     outcome = evaluate(space, sample, 0, SETTINGS)
     assert outcome.status == "complete", outcome.record.get("error")
     assert calls == [32]
@@ -47,6 +54,20 @@ def test_evaluating_one_trial_calls_the_cost_model_once(monkeypatch) -> None:
     cost = real(outcome.gate.model)
     assert (outcome.record["params"], outcome.record["macs"]) == (cost.params, cost.macs)
     assert outcome.values == [outcome.record["val_top1"], cost.macs]
+
+
+def test_a_refused_trial_records_the_gates_cost_without_computing_it_again(monkeypatch) -> None:
+    space = load_space(TINY)
+    sample = next(s for i in range(50)
+                  if not gate(space, s := space.random(i), SETTINGS).feasible)
+    calls = _count_cost_calls(monkeypatch)
+    outcome = evaluate(space, sample, 0, SETTINGS)
+    assert outcome.status == "infeasible" and outcome.gate is not None
+    assert calls == [32]  # the gate's one call; the record reuses it
+    assert outcome.gate.cost is not None and outcome.gate.params is not None
+    assert outcome.gate.params > 60_000  # the space's only constraint is what refused it
+    assert (outcome.record["params"], outcome.record["macs"]) == (outcome.gate.params,
+                                                                  outcome.gate.macs)
 
 
 def test_the_gate_carries_the_cost_and_the_violations_use_it() -> None:

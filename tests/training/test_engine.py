@@ -19,7 +19,8 @@ from cvt_nas.training import engine
 from cvt_nas.training.augment import seed_all
 from cvt_nas.training.config import TrainConfig
 from cvt_nas.training.data import TrialData
-from cvt_nas.training.trainer import adapt_config, lr_at, make_loss, make_optimizer, run_trial
+from cvt_nas.training.datasets import adapt_config
+from cvt_nas.training.trainer import lr_at, make_loss, make_optimizer, run_trial
 
 TINY = get_config("cvt_micro", depth=(1, 1, 1))
 CPU = torch.device("cpu")
