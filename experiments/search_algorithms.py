@@ -226,6 +226,16 @@ def plot(curves: pd.DataFrame, methods: list[Method], path: Path, title: str) ->
         fig.savefig(tmp, dpi=120, format="png")
 
 
+def _winner(vals: Mapping[str, float]) -> str:
+    """The best mean (ties named together), with random's for scale."""
+    top = max(vals.values())
+    best = [m for m, v in vals.items() if v >= top - 1e-9]
+    if len(best) == len(vals):
+        return f"all methods tie ({top:.3f})"
+    return f"**{', '.join(best)}** ({top:.3f}{' each' if len(best) > 1 else ''}; random " \
+           f"{vals['random']:.3f})"
+
+
 def readme(cfg: dict[str, Any], bench: Bench, front: Front, table: pd.DataFrame,
            facts: dict[str, Any], kendall: pd.DataFrame, command: str) -> str:
     """Plain statements from the numbers: who wins at which budget, the half-budget target,
@@ -243,17 +253,14 @@ def readme(cfg: dict[str, Any], bench: Bench, front: Front, table: pd.DataFrame,
     for f in BUDGETS:
         k = max(1, int(round(f * trials)))
         vals = {m: float(facts["trial_mean"][m][k - 1]) for m in methods}
-        best = max(vals, key=lambda m: vals[m])
-        lines.append(f"- after {k} trials: **{best}** ({vals[best]:.3f}; random "
-                     f"{vals['random']:.3f})")
+        lines.append(f"- after {k} trials: {_winner(vals)}")
     grid = facts["grid"]
     for f in BUDGETS:
         t = f * facts["random_time_s"]
         j = min(len(grid) - 1, int(np.searchsorted(grid, t, side="right")) - 1)
         vals = {m: float(facts["time_mean"][m][max(j, 0)]) for m in methods}
-        best = max(vals, key=lambda m: vals[m])
         lines.append(f"- after {fmt.duration(t)} of simulated time ({f:.0%} of random's): "
-                     f"**{best}** ({vals[best]:.3f}; random {vals['random']:.3f})")
+                     f"{_winner(vals)}")
     final_col = f"hv@{trials}"
     lines += ["", "## The half-budget target", "",
               f"Random search's final mean hypervolume is {facts['target']:.3f} ({trials} trials, "
