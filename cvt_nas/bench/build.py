@@ -246,7 +246,7 @@ def build(space_path: str | Path, out: str | Path, *, archs: int, seeds: int = 1
     run_experiment(load_experiment(exp_path), "reduced", seeds, storage, n_workers=n_workers,
                    threads=threads, gpus=gpus)
     return export(out, storage, space_path=space_path, epochs=epochs, sample_seed=sample_seed,
-                  archs=chosen, log=log)
+                  archs=chosen, train=train, log=log)
 
 
 def _check_manifest(out: Path, space: SearchSpace, train: TrainConfig, sample_seed: int) -> None:
@@ -282,7 +282,7 @@ def _sha(space: SearchSpace) -> str:
 
 def export(out: str | Path, storage: str, *, space_path: str | Path, epochs: int,
            sample_seed: int, archs: Sequence[BenchArch] | None = None,
-           log: Log = print) -> dict[str, Any]:
+           train: TrainConfig | None = None, log: Log = print) -> dict[str, Any]:
     """Write ``table.parquet``, ``archs.parquet`` and ``manifest.json`` from every study of
     ``storage`` (latency and memory are measured here for architectures that lack them)."""
     import optuna
@@ -314,7 +314,8 @@ def export(out: str | Path, storage: str, *, space_path: str | Path, epochs: int
     arch_frame = _archs_frame(out, space, known, {k[0] for k in runs}, runs, log)
     _write_parquet(out / "table.parquet", table)
     _write_parquet(out / "archs.parquet", arch_frame)
-    manifest = _manifest(out, space, space_path, epochs, sample_seed, known, runs, failed)
+    train = train or bench_train_config(space, epochs)
+    manifest = _manifest(out, space, space_path, train, sample_seed, known, runs, failed)
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     log(f"wrote {out}/table.parquet ({len(table)} rows), archs.parquet ({len(arch_frame)} "
         f"architectures), manifest.json: {manifest['counts']}")
@@ -442,7 +443,7 @@ def _write_parquet(path: Path, df: pd.DataFrame) -> None:
     tmp.replace(path)
 
 
-def _manifest(out: Path, space: SearchSpace, space_path: str | Path, epochs: int,
+def _manifest(out: Path, space: SearchSpace, space_path: str | Path, train: TrainConfig,
               sample_seed: int, known: Mapping[str, BenchArch],
               runs: Mapping[tuple[str, int], tuple[dict[str, Any], Any]],
               failed: Sequence[Any]) -> dict[str, Any]:
@@ -455,7 +456,6 @@ def _manifest(out: Path, space: SearchSpace, space_path: str | Path, epochs: int
     old: dict[str, Any] = {}
     if (out / "manifest.json").exists():
         old = json.loads((out / "manifest.json").read_text())
-    train = bench_train_config(space, epochs)
     devices = sorted({f"{r.get('device')} ({_cpu_name()}, {r.get('threads')} threads)"
                       if str(r.get("device")) == "cpu" else str(r.get("device"))
                       for r, _ in runs.values()} | set(old.get("devices", [])))
@@ -468,7 +468,7 @@ def _manifest(out: Path, space: SearchSpace, space_path: str | Path, epochs: int
         "dataset": train.dataset,
         "split": {"train_subset": train.train_subset, "val_fraction": train.val_fraction,
                   "split_seed": train.split_seed, "img_size": train.img_size},
-        "epochs": epochs, "sample_seed": sample_seed,
+        "epochs": train.epochs, "sample_seed": sample_seed,
         "archs_sampled": max([a.sample_index + 1 for a in known.values()]
                              + [int(old.get("archs_sampled", 0))]),
         "named": named,

@@ -148,3 +148,12 @@ def test_out_naming_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["bench", "build", str(TINY), "--archs", "1", "--out", str(f)]) == 2
     err = capsys.readouterr().err
     assert str(f) in err and "Traceback" not in err
+
+
+def test_the_manifest_records_the_recipe_the_runs_used(tmp_path: Path) -> None:
+    build(TINY, tmp_path, archs=1, epochs=1, train_overrides={"train_subset": 200}, log=_quiet)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["train"]["train_subset"] == 200 and m["split"]["train_subset"] == 200
+    build(TINY, tmp_path, archs=1, epochs=1, train_overrides={"train_subset": 200}, log=_quiet)
+    with pytest.raises(ValueError, match="different train"):
+        build(TINY, tmp_path, archs=1, epochs=1, log=_quiet)
