@@ -287,3 +287,21 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 300.0,
             return value
         assert time.monotonic() < deadline, f"gave up after {timeout:.0f} s waiting for {what}"
         time.sleep(every)
+
+
+# -- the bench tests' small real table (tests/data/tiny_bench/, built by
+# tests/bench/make_tiny_bench.py) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_table() -> Path:
+    """The committed table directory (read-only: use `table_copy` to change it)."""
+    return Path(__file__).resolve().parent / "data" / "tiny_bench"
+
+
+@pytest.fixture
+def table_copy(tiny_table: Path, tmp_path: Path) -> Path:
+    """A copy of the table that a test may break."""
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_table, out)
+    return out
