@@ -122,13 +122,12 @@ def check_study(study: optuna.Study, run: SearchRun, make_sampler: SamplerFactor
         return
     asked = {**now, "generation_size": (generation_size(run, make_sampler)
                                         if run.population_size else size)}
-    changed = [f"--{k.replace('_', '-')} {stamp[k]} (now {asked[k]})" for k in stamp
-               if stamp[k] != asked[k]]
+    flags = {"seed": "--seed", "sampler": "--sampler",
+             "generation_size": "generations of (--population-size)"}
+    changed = [f"{flags[k]} {stamp[k]} (now {asked[k]})" for k in stamp if stamp[k] != asked[k]]
     if changed:
-        hint = " (the generation size is --population-size)" if "generation_size" in str(
-            changed) else ""
-        raise ValueError(f"study {name!r} was planned with {', '.join(changed)}{hint}; resume "
-                         "it with the same settings, or pick a new --study")
+        raise ValueError(f"study {name!r} was planned with {', '.join(changed)}; resume it with "
+                         "the same settings, or pick a new --study")
 
 
 def plan_size(study: optuna.Study) -> int:
