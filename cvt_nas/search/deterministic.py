@@ -55,12 +55,12 @@ OWN_ATTRS = ("fixed_params", "failed_trial", "retry_history", REQUEUED)
 SamplerFactory = Callable[[SearchRun, str], BaseSampler]
 
 __all__ = ["BATCH", "Planner", "PlannedSampler", "SlotTaken", "Slots", "check_run",
-           "check_study", "generation_size", "run_trials", "unfinished"]
+           "check_study", "generation_size", "unfinished", "worker"]
 
 
 class SlotTaken(Exception):
     """A trial that found its slot beyond the study's total, held by another trial, or gave it
-    way (at the barrier) to a queued earlier slot; it ends at once without a record."""
+    up (at the barrier) to a queued earlier slot; it ends at once without a record."""
 
 
 def _seed(run: SearchRun) -> int:
@@ -338,20 +338,11 @@ def _await_work(study: optuna.Study, run: SearchRun, size: int) -> bool:
     return False
 
 
-def run_trials(run: SearchRun, study: optuna.Study, objective: Objective,
-               make_sampler: SamplerFactory, catch: tuple[type[Exception], ...]) -> int:
-    """A deterministic worker's loop (the optuna backend's `run_worker` hands over here);
-    returns how many trials it ran. ``catch``: the objective's exceptions that end a trial but
-    not the worker."""
+def worker(run: SearchRun, study: optuna.Study, objective: Objective,
+           make_sampler: SamplerFactory) -> tuple[Callable[[optuna.Trial], Any],
+                                                  Callable[[], bool]]:
+    """What the optuna backend's `run_worker` loop runs in deterministic mode: the objective of
+    one trial (slot, barrier, plan, then ``objective``) and the wait for work before each one
+    (False when the worker is done)."""
     step = _Step(run, study, objective, make_sampler)
-    ran = 0
-    try:
-        while not STOP.is_set() and _await_work(study, run, step.size):
-            study.optimize(step, n_trials=1, catch=(*catch, SlotTaken), gc_after_trial=True)
-            ran += 1
-            if objective.surplus:
-                break
-    except KeyboardInterrupt:  # SIGINT/SIGTERM (`cvt_nas.common.pool`)
-        objective.abandon()
-        raise
-    return ran
+    return step, lambda: _await_work(study, run, step.size)

@@ -13,6 +13,9 @@ Pruning: single-objective studies on ``val_top1`` can use Optuna's median, succe
 or Hyperband pruners on the per-epoch reports. Multi-objective studies cannot (Optuna refuses
 ``trial.report`` there); ``pareto-sha`` stops them by Pareto rank at rungs instead
 (`cvt_nas.search.rungs`).
+
+Reproducible parallel runs (``--deterministic``): `run_worker` takes each trial's step and the
+wait before it from `cvt_nas.search.deterministic`.
 """
 
 from __future__ import annotations
@@ -278,20 +281,21 @@ def run_worker(run: SearchRun, index: int = 0) -> int:
                              pruner=make_pruner(run))
     store.fail_dead_trials(study)  # a dead worker is not another live one
     objective = Objective(run, study)
-    if run.deterministic:
-        return deterministic.run_trials(run, study, objective, keyed_sampler,
-                                        catch=(TrialFailed, SurplusTrial))
-    seed, objective.own_stream = sampler_seed(study, run.seed, index, objective.tag)
-    study.sampler = make_sampler(run, seed)
+    if run.deterministic:  # a plan decides what each trial draws, and when it may start
+        step, more = deterministic.worker(run, study, objective, keyed_sampler)
+    else:
+        seed, objective.own_stream = sampler_seed(study, run.seed, index, objective.tag)
+        study.sampler = make_sampler(run, seed)
+        step, more = objective, (lambda: _unfinished(study, run))
     ran = 0
     try:
         while not STOP.is_set():
             # dead trials (this machine: by pid; others: by heartbeat) are failed and their
             # parameters queued before each count, since a dead RUNNING trial still counts
-            if not _unfinished(study, run):
+            if not more():
                 break
-            study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial),
-                           gc_after_trial=True)
+            study.optimize(step, n_trials=1, gc_after_trial=True,
+                           catch=(TrialFailed, SurplusTrial, deterministic.SlotTaken))
             ran += 1
             if objective.surplus:
                 break

@@ -218,9 +218,9 @@ def test_the_space_file_can_ask_for_it_and_the_default_search_is_unchanged(
     assert "holds trials of a search without --deterministic" in capsys.readouterr().err
 
 
-def _study(out: Path, url: str | None = None) -> optuna.Study:
+def _study(out: Path) -> optuna.Study:
     return optuna.load_study(study_name="tiny",
-                             storage=store.make_storage(url or default_storage_url(out), None))
+                             storage=store.make_storage(default_storage_url(out), None))
 
 
 # -- end to end: 1, 2 and 4 workers ----------------------------------------------------------
