@@ -6,7 +6,8 @@ with the same space, seed, workers and threads. Reported per mode: wall time, th
 training time (sum of ``wall_time_s``) and the workers' utilization (training time / (wall x
 workers)); the result is the ratio of wall times, deterministic / default. The two modes draw
 different architectures, so the ratio also holds some of their cost difference; utilization is
-the cleaner view of the barrier's idle time.
+the cleaner view of the barrier's idle time, so the last line is the ratio for the same work
+(utilization default / deterministic).
 
     python benchmarks/bench_deterministic.py --workers 2 --trials 16 --population-size 4
 """
@@ -82,7 +83,8 @@ def main() -> None:
     mean = {m: {k: sum(x[k] for x in v) / len(v) for k in v[0]} for m, v in runs.items()}
     ratio = mean["deterministic"]["wall_s"] / mean["default"]["wall_s"]
     report = {"cpu": cpu_name(), "load": [load, os.getloadavg()[0]], "args": vars(args),
-              "mean": mean, "ratio": ratio}
+              "mean": mean, "ratio": ratio,
+              "same_work": mean["default"]["utilization"] / mean["deterministic"]["utilization"]}
     if args.json:
         print(json.dumps(report))
         return
@@ -93,6 +95,8 @@ def main() -> None:
         print(f"{mode:13s}: wall {m['wall_s']:6.1f} s, training {m['train_s']:6.1f} s "
               f"({m['trained']:.0f} trained), utilization {m['utilization']:.0%}")
     print(f"deterministic / default wall time: {ratio:.2f}x")
+    print("for the same training work (utilization default / deterministic): "
+          f"{report['same_work']:.2f}x")
 
 
 if __name__ == "__main__":
