@@ -51,7 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=non_negative_int, help="sampler seed: a single run draws the "
                    "same trials each time; other workers, and runs joining a study that another "
                    "live worker is on, draw from streams of their own")
-    p.add_argument("--population-size", type=int_at_least(2), help="NSGA-II population")
+    p.add_argument("--population-size", type=int_at_least(2), help="NSGA-II population (with "
+                   "--deterministic also the generation size of tpe and grid, default 4)")
     p.add_argument("--n-workers", type=positive_int, default=1,
                    help="local worker processes on the study (optuna backend)")
     p.add_argument("--gpus", type=gpus_arg, help=f"optuna: {GPUS_HELP}")
@@ -64,6 +65,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heartbeat", type=non_negative_int, default=10,
                    help="seconds between RDB heartbeats (0: off); a dead worker's trial is "
                         "failed and retried after three missed beats")
+    p.add_argument("--deterministic", action="store_true",
+                   help="optuna: the same trials, and on CPU the same results, for any "
+                        "--n-workers and any timing (generations with a barrier; seed 0 and "
+                        "--threads 1 unless given; no pruner, no latency; docs/search.md)")
     p.add_argument("--retrain-duplicates", action="store_true",
                    help="optuna: train a sample again even when a complete trial of the study had "
                         "the same parameters (default: copy its result, marked in `reason`)")
@@ -109,6 +114,12 @@ def run(args: argparse.Namespace) -> int:
     sampler = args.sampler or defaults.get("sampler", "nsga2")
     pruner = args.pruner or defaults.get("pruner", "none")
     seed = args.seed if args.seed is not None else defaults.get("seed")
+    exact = args.deterministic or defaults.get("deterministic", False)
+    if exact and seed is None:
+        seed = 0  # reproducible needs a seed
+    if exact and args.backend == "ray":
+        raise ValueError("--deterministic is for the optuna backend (Ray's scheduler decides "
+                         "what a trial sees); drop --backend ray")
     if args.n_workers < 1 or trials < 1:
         raise ValueError("--n-workers and --trials must be >= 1")
     if args.dry_run:
@@ -122,8 +133,13 @@ def run(args: argparse.Namespace) -> int:
         if args.n_workers > 1:
             raise ValueError("--n-workers: --backend table runs its trials in this process "
                              "(simulated time, one worker); drop --n-workers")
+        if exact:
+            raise ValueError("--deterministic: a --backend table search runs one worker and "
+                             "is reproducible from its --seed already; drop --deterministic")
         space, runner = prepare(space, table, objectives, seed)
-    threads = args.threads or max(1, _cpus() // args.n_workers)
+    # float results depend on the thread count: a deterministic search must not take it from
+    # --n-workers
+    threads = args.threads or (1 if exact else max(1, _cpus() // args.n_workers))
     if args.backend == "ray":
         threads = args.threads or max(1, int(args.cpus_per_trial))
     from cvt_nas.common.gpus import select_gpus, visible_gpus
@@ -158,8 +174,13 @@ def run(args: argparse.Namespace) -> int:
                        sampler=sampler, pruner=pruner, seed=seed,
                        population_size=args.population_size or defaults.get("population_size"),
                        heartbeat=args.heartbeat or None,
-                       reuse_duplicates=not args.retrain_duplicates, runner=runner)
+                       reuse_duplicates=not args.retrain_duplicates, runner=runner,
+                       deterministic=exact)
     gpus = select_gpus(args.gpus, visible, search.device) if args.backend == "optuna" else ()
+    if exact:
+        from cvt_nas.search.deterministic import check_run
+
+        check_run(search)
     meta: dict[str, Any] = {
         "command": args.command_line, "space_file": str(args.space), "space": space.raw,
         "settings": {"backend": args.backend, "trials": trials, "sampler": sampler,
@@ -169,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
                      "reuse_duplicates": args.backend != "ray" and not args.retrain_duplicates,
                      "overrides": parse_set(args.set)},
     }
+    if exact:  # only then: the settings of other searches stay as they were
+        meta["settings"]["deterministic"] = True
     print(f"cvt-nas search: study {study!r} ({args.backend}, {sampler}, pruner {pruner}), "
           f"{trials} trials, objectives {objectives}, storage {redact(url)}",
           file=sys.stderr)

@@ -13,13 +13,16 @@ Pruning: single-objective studies on ``val_top1`` can use Optuna's median, succe
 or Hyperband pruners on the per-epoch reports. Multi-objective studies cannot (Optuna refuses
 ``trial.report`` there); ``pareto-sha`` stops them by Pareto rank at rungs instead
 (`cvt_nas.search.rungs`).
+
+Reproducible parallel runs (``--deterministic``): `run_worker` takes each trial's step and the
+wait before it from `cvt_nas.search.deterministic`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from optuna.storages import BaseStorage
 
 from cvt_nas.common.gpus import worker_env
 from cvt_nas.common.pool import STOP, run_workers
+from cvt_nas.search import deterministic
 from cvt_nas.search import study as store
 from cvt_nas.search.progress import Progress
 from cvt_nas.search.rungs import promotable, rung_epochs, to_point
@@ -62,6 +66,7 @@ class SearchRun:
     eta: int = 3
     reuse_duplicates: bool = True
     runner: Runner | None = field(default=None, repr=False)  # None: train here (LocalRunner)
+    deterministic: bool = False  # the same trials for any number of workers (`deterministic`)
 
     @property
     def epochs(self) -> int:
@@ -94,6 +99,11 @@ def make_sampler(run: SearchRun, seed: int | None) -> optuna.samplers.BaseSample
 def stream_seed(seed: int, key: str) -> int:
     """A sampler seed of its own for one stream of draws: ``seed`` hashed with ``key``."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "big")
+
+
+def keyed_sampler(run: SearchRun, key: str) -> optuna.samplers.BaseSampler:
+    """A sampler of ``run``'s kind on a stream of its own: ``run.seed`` (0 if unset) with ``key``."""
+    return make_sampler(run, stream_seed(0 if run.seed is None else run.seed, key))
 
 
 def sampler_seed(study: optuna.Study, seed: int | None, index: int, tag: str
@@ -196,13 +206,15 @@ class Objective:
 
     ``surplus`` turns true when a trial found the study already full (another worker raced it);
     ``current`` is the trial this worker runs (or ran last); ``own_stream`` tells whether its
-    sampler's seed is its own (`sampler_seed`).
+    sampler's seed is its own (`sampler_seed`); ``reusable``, when set, picks the trials whose
+    result a duplicate may copy.
     """
 
     def __init__(self, run: SearchRun, study: optuna.Study, own_stream: bool = True) -> None:
         self.run, self.study, self.tag, self.surplus = run, study, worker_tag(), False
         self.current: optuna.Trial | None = None
         self.own_stream = own_stream
+        self.reusable: Callable[[optuna.trial.FrozenTrial], bool] | None = None
 
     def _check_stream(self, trial: optuna.Trial) -> None:
         """Before the first draw: a worker that started at the same moment as another one with
@@ -233,6 +245,8 @@ class Objective:
         """The record and history of the first complete trial drawn with these parameters."""
         for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             rec = t.user_attrs.get("record") or {}
+            if self.reusable is not None and not self.reusable(t):
+                continue
             if rec.get("status") == "complete" and rec.get("params_sampled") == params_sampled:
                 return rec, t.user_attrs.get("history") or []
         return None
@@ -282,17 +296,21 @@ def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = Non
                              pruner=make_pruner(run))
     store.fail_dead_trials(study)  # a dead worker is not another live one
     objective = Objective(run, study)
-    seed, objective.own_stream = sampler_seed(study, run.seed, index, objective.tag)
-    study.sampler = make_sampler(run, seed)
+    if run.deterministic:  # a plan decides what each trial draws, and when it may start
+        step, more = deterministic.worker(run, study, objective, keyed_sampler)
+    else:
+        seed, objective.own_stream = sampler_seed(study, run.seed, index, objective.tag)
+        study.sampler = make_sampler(run, seed)
+        step, more = objective, (lambda: _unfinished(study, run))
     ran = 0
     try:
         while not STOP.is_set():
             # dead trials (this machine: by pid; others: by heartbeat) are failed and their
             # parameters queued before each count, since a dead RUNNING trial still counts
-            if not _unfinished(study, run):
+            if not more():
                 break
-            study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial),
-                           gc_after_trial=run.runner is None)
+            study.optimize(step, n_trials=1, gc_after_trial=run.runner is None,
+                           catch=(TrialFailed, SurplusTrial, deterministic.SlotTaken))
             ran += 1
             if objective.surplus:
                 break
@@ -304,6 +322,8 @@ def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = Non
 
 def _unfinished(study: optuna.Study, run: SearchRun) -> bool:
     """Does the study still need trials? (Fails dead workers' trials first: they still count.)"""
+    if run.deterministic:
+        return deterministic.unfinished(study, run.trials)
     store.fail_dead_trials(study)
     if store.tally(study).counted >= run.trials:
         return False
@@ -345,6 +365,7 @@ def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[s
     storage = store.make_storage(run.storage_url, run.heartbeat)
     study = store.open_study(storage, run.settings.study, run.settings.objectives,
                              space=run.space)
+    deterministic.check_study(study, run, keyed_sampler)
     store.fail_dead_trials(study)
     objectives = run.settings.objectives
     with Progress(run.storage_url, run.settings.study, run.trials, objectives, out_dir, meta,
@@ -359,5 +380,5 @@ def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[s
 
 
 __all__ = ["OPTUNA_PRUNERS", "SearchRun", "SurplusTrial", "TrialFailed", "Objective",
-           "make_pruner", "make_sampler", "run_search", "run_worker", "sampler_seed",
+           "keyed_sampler", "make_pruner", "make_sampler", "run_search", "run_worker", "sampler_seed",
            "stream_seed"]

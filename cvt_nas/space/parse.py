@@ -26,7 +26,8 @@ DIST_KEYS = (*DIST_KINDS, "per", "step", "log")
 PER = ("model", "stage", "block")
 BUDGET_KEYS = ("max_params", "max_macs", "min_params", "min_macs", "nondecreasing",
                "min_head_dim", "max_head_dim", "min_grid")
-SEARCH_KEYS = ("trials", "objectives", "sampler", "pruner", "seed", "population_size")
+SEARCH_KEYS = ("trials", "objectives", "sampler", "pruner", "seed", "population_size",
+               "deterministic")
 MODEL_FIELDS = tuple(f.name for f in fields(CvTConfig) if f.name not in ("extra", "img_size"))
 DERIVED_FIELDS = ("head_dim",)
 # Bounds of the values a model field may take (CvTConfig's size limits, and head_dim's).
@@ -415,6 +416,9 @@ def _parse_search(data: dict[str, Any], source: str) -> dict[str, Any]:
                            or out[key] < lo):
             raise SpaceError(f"{source}: search.{key}: must be an integer >= {lo}, "
                              f"got {out[key]!r}")
+    if "deterministic" in out and not isinstance(out["deterministic"], bool):
+        raise SpaceError(f"{source}: search.deterministic: expected true or false, got "
+                         f"{out['deterministic']!r}")
     if "objectives" in out:
         out["objectives"] = parse_objectives(out["objectives"], f"{source}: search.objectives")
     for key, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
