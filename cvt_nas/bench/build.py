@@ -208,7 +208,7 @@ def build(space_path: str | Path, out: str | Path, *, archs: int, seeds: int = 1
           named: Sequence[str | Path] = (), epochs: int = 4, sample_seed: int = 0,
           storage: str | None = None, n_workers: int = 1, threads: int | None = None,
           train_overrides: Mapping[str, Any] | None = None, gpus: Sequence[str] = (),
-          log: Log = print) -> dict[str, Any]:
+          train_runs: bool = True, log: Log = print) -> dict[str, Any]:
     """Train every missing (architecture, seed) run of a table and export it; return the
     manifest. Resumable (an interrupted build trains only what is missing) and shardable (any
     number of workers and machines on one storage).
@@ -228,6 +228,8 @@ def build(space_path: str | Path, out: str | Path, *, archs: int, seeds: int = 1
             ``data_root``, ...); fields that change the numbers are refused by the manifest
             check when they differ from the table's.
         gpus: GPUs the workers spread over, one each, round-robin.
+        train_runs: False: train nothing, only export what the storage holds (while other
+            machines build, or after an interrupted build).
         log: progress lines.
     """
     from cvt_nas.ablation.experiment import load_experiment
@@ -241,10 +243,11 @@ def build(space_path: str | Path, out: str | Path, *, archs: int, seeds: int = 1
     name = f"bench-{space.name}-{archs}x{seeds}" + (f"-n{len(named)}" if named else "")
     exp_path = write_experiment(chosen, space, train, out, name, seeds)
     storage = storage or default_storage(out)
-    log(f"cvt-nas bench build: {len(chosen)} architectures x {seeds} seed(s), {epochs} epochs, "
-        f"into {out}")
-    run_experiment(load_experiment(exp_path), "reduced", seeds, storage, n_workers=n_workers,
-                   threads=threads, gpus=gpus)
+    if train_runs:
+        log(f"cvt-nas bench build: {len(chosen)} architectures x {seeds} seed(s), {epochs} "
+            f"epochs, into {out}")
+        run_experiment(load_experiment(exp_path), "reduced", seeds, storage,
+                       n_workers=n_workers, threads=threads, gpus=gpus)
     return export(out, storage, space_path=space_path, epochs=epochs, sample_seed=sample_seed,
                   archs=chosen, train=train, log=log)
 

@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--n-workers", type=positive_int, default=1, help="parallel worker processes")
     b.add_argument("--threads", type=positive_int, help="torch threads per worker")
     b.add_argument("--gpus", type=gpus_arg, help=GPUS_HELP)
+    b.add_argument("--no-train", action="store_true",
+                   help="train nothing: export the runs the storage holds (while other "
+                        "machines build, or after an interrupted build)")
     b.add_argument("--set", action="append", metavar="FIELD=VALUE", type=train_set_arg,
                    help="TrainConfig field for every run that changes where it runs, e.g. "
                         "--set device=cuda or --set data_root=/data")
@@ -74,5 +77,6 @@ def run_build(args: argparse.Namespace) -> int:
     check_url(storage, flag)
     build(args.space, out, archs=args.archs, seeds=args.seeds, named=args.named,
           epochs=args.epochs, sample_seed=args.sample_seed, storage=storage,
-          n_workers=args.n_workers, threads=args.threads, train_overrides=overrides, gpus=gpus)
+          n_workers=args.n_workers, threads=args.threads, train_overrides=overrides, gpus=gpus,
+          train_runs=not args.no_train)
     return 0

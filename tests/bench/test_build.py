@@ -157,3 +157,11 @@ def test_the_manifest_records_the_recipe_the_runs_used(tmp_path: Path) -> None:
     build(TINY, tmp_path, archs=1, epochs=1, train_overrides={"train_subset": 200}, log=_quiet)
     with pytest.raises(ValueError, match="different train"):
         build(TINY, tmp_path, archs=1, epochs=1, log=_quiet)
+
+
+def test_no_train_exports_what_the_storage_holds(table: Path) -> None:
+    before = pd.read_parquet(table / "table.parquet")
+    (table / "table.parquet").unlink()
+    assert main(["bench", "build", str(TINY), "--archs", "3", "--epochs", "1", "--out",
+                 str(table), "--no-train"]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(table / "table.parquet"), before)
