@@ -15,7 +15,8 @@ from cvt_nas.ablation.table import build_table
 from cvt_nas.cli import main
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
-ALL = sorted(EXPERIMENTS.glob("*.yaml"))
+ALL = sorted(EXPERIMENTS.glob("table*.yaml"))  # the paper tables (search_algorithms.yaml is a
+# study of search methods on CvT-Bench, read by experiments/search_algorithms.py)
 # The paper rounds params to 0.1 M (or 1 M) and FLOPs to 0.01 G; its Table 7 stride-1 figure
 # (6.55 G) sits 1.4% below an exact count (cvt-paper.md), so 1.5% is the tolerance the issue asks.
 TOL = 0.015
