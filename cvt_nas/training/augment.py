@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,9 +53,9 @@ class TensorAugment:
         if randaugment:
             from timm.data.auto_augment import rand_augment_transform
 
-            self.randaugment = rand_augment_transform(
+            self.randaugment = _keep_zero_bit_posterize(rand_augment_transform(
                 randaugment, {"translate_const": int(img_size * 0.45), "img_mean": (128, 128, 128)}
-            )
+            ))
         self.erasing = None
         if random_erasing > 0:
             from timm.data.random_erasing import RandomErasing
@@ -114,6 +115,26 @@ def random_hflip(x: torch.Tensor, p: float, generator: torch.Generator | None) -
     """Flip each image left-right with probability ``p``."""
     flip = torch.rand(x.shape[0], device=x.device, generator=generator) < p  # (B,)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def _keep_zero_bit_posterize(transform: Any) -> Any:
+    """timm's RandAugment with increasing posterize (``inc1``, the paper recipe's) keeps 0 bits
+    at magnitude 10, which Pillow >= 12 refuses (``ValueError: bits must be between or equal to
+    1 and 8``): a trial would crash at random. Keeping 0 bits is a black image, what older Pillow
+    returned; the transform's ops get that posterize instead of timm's."""
+    from timm.data import auto_augment
+
+    def posterize(img: Any, bits_to_keep: int, **kw: Any) -> Any:
+        if bits_to_keep < 1:
+            from PIL import Image
+
+            return Image.new(img.mode, img.size)
+        return auto_augment.posterize(img, bits_to_keep, **kw)
+
+    for op in getattr(transform, "ops", ()):
+        if op.aug_fn is auto_augment.posterize:
+            op.aug_fn = posterize
+    return transform
 
 
 def _apply_pil(x: torch.Tensor, transform: object) -> torch.Tensor:

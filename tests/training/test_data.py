@@ -238,3 +238,18 @@ def test_image_folder_streams_through_timm_transforms(fmnist: D.TensorData, tmp_
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (4,)
     assert sum(len(y) for _, y in data.eval_batches("test")) == 24
     assert np.isfinite(x.numpy()).all()
+
+
+def test_randaugment_posterize_at_full_magnitude_keeps_zero_bits(
+        fmnist: D.TensorData) -> None:
+    """Magnitude 10 of the paper's increasing posterize keeps 0 bits, which Pillow >= 12 refuses;
+    it must give a black image, as older Pillow did, not crash the trial."""
+    ra = TensorAugment(32, "pad", (0.2860,), (0.3530,), randaugment="rand-m10-n1-inc1",
+                       shift=0, hflip=0.0)
+    posterize = [op for op in ra.randaugment.ops if op.name == "PosterizeIncreasing"]
+    assert posterize, [op.name for op in ra.randaugment.ops]
+    ra.randaugment.ops = posterize  # only the posterize op, at magnitude 10, always applied
+    posterize[0].prob = 1.0
+    out = ra(fmnist.train_x[:4], train=True, generator=torch.Generator().manual_seed(0))
+    black = ra(torch.zeros_like(fmnist.train_x[:4]), train=False)
+    assert torch.equal(out, black)
