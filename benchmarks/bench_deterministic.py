@@ -30,13 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cpu_name() -> str:
     """The CPU model (``/proc/cpuinfo``) and the cores this process may use."""
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in
-                     Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = "unknown CPU"
-    return f"{model}, {len(os.sched_getaffinity(0))} cores"
+    from cvt_nas.common.proc import cpu_name as model
+
+    return f"{model()}, {len(os.sched_getaffinity(0))} cores"
 
 
 def search(out: Path, args: argparse.Namespace, exact: bool) -> dict[str, float]:

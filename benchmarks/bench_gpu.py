@@ -435,9 +435,9 @@ def _folder_trial() -> dict[str, Any]:
 def part_cpu() -> dict[str, Any]:
     """Item 4 on this machine's CPU (another CPU kind): bench_speed.py on 2 threads, CvT-13 and
     cvt_micro against Hugging Face's, alternating steps in one process."""
-    import platform
+    from cvt_nas.common.proc import cpu_name
 
-    out: dict[str, Any] = {"cpu": platform.processor() or _cpu_name()}
+    out: dict[str, Any] = {"cpu": cpu_name()}
     runs = {"cvt_13": ["--batch", "16", "--img-size", "224", "--steps", "3", "--warmup", "1"],
             "cvt_micro": ["--model", "cvt_micro", "--batch", "128", "--img-size", "32",
                           "--steps", "8", "--warmup", "2"]}
@@ -450,13 +450,6 @@ def part_cpu() -> dict[str, Any]:
     out["pass"] = {"cvt_13_train_1.7x": ratio("cvt_13", "train") >= 1.7,
                    "cvt_micro_train_1.5x": ratio("cvt_micro", "train") >= 1.5}
     return out
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 PARTS: dict[str, Callable[..., dict[str, Any]]] = {

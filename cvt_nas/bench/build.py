@@ -36,8 +36,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from cvt_nas.common.atomic import atomic_write_text
+from cvt_nas.common.atomic import atomic_path, atomic_write_text
 from cvt_nas.common.names import check_name
+from cvt_nas.common.proc import cpu_name
 from cvt_nas.model.config import CvTConfig
 from cvt_nas.model.presets import get_config
 from cvt_nas.results.records import arch_json
@@ -441,9 +442,8 @@ def measure(cfg: CvTConfig, batch: int) -> tuple[float, float]:
 
 
 def _write_parquet(path: Path, df: pd.DataFrame) -> None:
-    tmp = path.with_name(f".{path.name}.{platform.node()}.tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
 
 
 def _manifest(out: Path, space: SearchSpace, space_path: str | Path, train: TrainConfig,
@@ -459,7 +459,7 @@ def _manifest(out: Path, space: SearchSpace, space_path: str | Path, train: Trai
     old: dict[str, Any] = {}
     if (out / "manifest.json").exists():
         old = json.loads((out / "manifest.json").read_text())
-    devices = sorted({f"{r.get('device')} ({_cpu_name()}, {r.get('threads')} threads)"
+    devices = sorted({f"{r.get('device')} ({cpu_name()}, {r.get('threads')} threads)"
                       if str(r.get("device")) == "cpu" else str(r.get("device"))
                       for r, _ in runs.values()} | set(old.get("devices", [])))
     named = sorted({n for a in known.values() for n in a.names} | set(old.get("named", [])))
@@ -484,13 +484,3 @@ def _manifest(out: Path, space: SearchSpace, space_path: str | Path, train: Trai
         "counts": {"archs": len({k[0] for k in runs}), "runs": len(runs),
                    "failed": len(failed)},
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"

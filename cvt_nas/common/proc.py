@@ -12,7 +12,8 @@ import os
 import socket
 from typing import NamedTuple
 
-__all__ = ["WorkerTag", "alive", "is_local", "parse_tag", "start_time", "worker_tag"]
+__all__ = ["WorkerTag", "alive", "cpu_name", "is_local", "parse_tag", "start_time",
+           "worker_tag"]
 
 
 class WorkerTag(NamedTuple):
@@ -70,3 +71,16 @@ def alive(tag: str) -> bool:
     if now is None:
         return False
     return not start or now == start  # another start time: the pid was reused
+
+
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo``'s ``model name``), for figures that depend on it."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"

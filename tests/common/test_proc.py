@@ -54,3 +54,13 @@ def test_start_time_survives_a_process_name_with_spaces_and_parentheses() -> Non
     finally:
         child.kill()
         child.wait()
+
+
+def test_cpu_name_is_the_model_line_of_proc_cpuinfo() -> None:
+    from pathlib import Path
+
+    from cvt_nas.common.proc import cpu_name
+
+    models = [line.split(":", 1)[1].strip() for line in
+              Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+    assert cpu_name() == (models[0] if models else cpu_name()) and cpu_name()
