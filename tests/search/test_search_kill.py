@@ -48,7 +48,7 @@ def _running(out: Path, at_least: int = 1) -> list[optuna.trial.FrozenTrial]:
     except KeyError:  # the study is not created yet
         return []
     running = [t for t in trials if t.state.name == "RUNNING" and t.params
-               and "worker" in t.user_attrs]
+               and "worker" in t.user_attrs and "record" not in t.user_attrs]
     return running if len(running) >= at_least else []
 
 

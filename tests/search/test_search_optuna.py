@@ -19,6 +19,7 @@ from conftest import at_once
 
 from cvt_nas.cli import main
 from cvt_nas.common.fmt import duration
+from cvt_nas.common.proc import worker_tag
 from cvt_nas.common.storage import default_storage_url
 from cvt_nas.model.config import CvTConfig
 from cvt_nas.model.cost import analytic_cost
@@ -119,7 +120,11 @@ def test_a_killed_search_resumes_without_retraining_or_losing_trials(
                 except KeyError:  # the study is not created yet
                     continue
                 done = [t for t in trials if "record" in t.user_attrs]
-                running = [t for t in trials if t.state.name == "RUNNING" and t.params]
+                # a trial that stored its record but was not told yet is a result (see
+                # test_a_dead_trial_that_stored_its_record_is_kept_not_retried): kill one
+                # that is still training
+                running = [t for t in trials if t.state.name == "RUNNING" and t.params
+                           and "record" not in t.user_attrs]
                 if done and running:
                     killed = running[0]
                     break
@@ -315,6 +320,28 @@ def test_another_machines_dead_trial_is_failed_and_queued_before_the_study_is_co
     assert states[trial.number] == "FAIL"
     queued = [t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
     assert len(queued) == 1 and queued[0].params == {"x": trial.params["x"]}
+
+
+def test_a_dead_trial_that_stored_its_record_is_kept_not_retried(tmp_path: Path) -> None:
+    """A worker killed between storing a trial's record and telling Optuna leaves a RUNNING
+    trial that holds a finished result: it is failed (its worker is gone) but counts, shows in
+    the results, and is not trained again."""
+    from cvt_nas.results.importers import study_records
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid of this machine that no longer runs
+    storage = store.make_storage(str(tmp_path / "study.journal"))
+    study = store.open_study(storage, "s", {"val_top1": "max"})
+    trial = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    study._storage.set_trial_user_attr(trial._trial_id, "worker", worker_tag(dead.pid))
+    record = {"study": "s", "trial": trial.number, "status": "complete", "val_top1": 50.0}
+    study._storage.set_trial_user_attr(trial._trial_id, "record", record)
+    assert store.fail_dead_trials(study) == [trial.number]
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["FAIL"]  # nothing queued again
+    assert store.tally(study).counted == 1
+    rows, _ = study_records(study)
+    assert [(r["trial"], r["status"]) for r in rows] == [(trial.number, "complete")]
 
 
 def test_progress_line_shows_elapsed_time_and_an_estimate_of_the_rest(tmp_path: Path) -> None:
