@@ -11,6 +11,7 @@ costs. Query it without training anything::
     b.nearest(params)                             # closest table architecture, and how far
     table_front(b, {"val_top1": "max", "macs": "min"})  # the brute-force front, hypervolume
     rank_agreement(b)                             # Kendall tau of early vs final epochs
+    seed_agreement(b)                             # the seed noise those are read against
 
 ``cvt-nas search SPACE.yaml --backend table:DIR`` answers a search's trials from a table
 (`cvt_nas.search.table_backend`). Torch-free.
@@ -18,8 +19,14 @@ costs. Query it without training anything::
 
 from __future__ import annotations
 
-from cvt_nas.bench.analysis import Front, kendall_tau, rank_agreement, table_front
+from cvt_nas.bench.analysis import (
+    Front,
+    kendall_tau,
+    rank_agreement,
+    seed_agreement,
+    table_front,
+)
 from cvt_nas.bench.table import FORMAT, Bench, Result, load
 
 __all__ = ["FORMAT", "Bench", "Front", "Result", "kendall_tau", "load", "rank_agreement",
-           "table_front"]
+           "seed_agreement", "table_front"]

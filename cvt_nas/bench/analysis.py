@@ -2,11 +2,14 @@
 
 `table_front` is the brute-force reference a simulated search is normalized against: the
 hypervolume of every complete run's final point. `rank_agreement` answers "does a 1- or 2-epoch
-ranking agree with the final one?" with Kendall's tau-b per seed.
+ranking agree with the final one?" with Kendall's tau-b per seed. `seed_agreement` is the noise
+floor those answers are read against: how far runs of one architecture with different seeds
+differ, and how well one seed's ranking agrees with another's.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -91,4 +94,49 @@ def rank_agreement(bench: Bench, metric: str = "val_top1") -> pd.DataFrame:
                                        "concordant", "same_best"])
 
 
-__all__ = ["Front", "kendall_tau", "rank_agreement", "table_front"]
+def seed_agreement(bench: Bench, metric: str = "val_top1") -> pd.DataFrame:
+    """The seed noise of ``metric``, per epoch, over the architectures run with 2+ seeds.
+
+    Only complete runs count, and only architectures with at least two of them; a pair of seeds
+    is compared over the architectures both ran.
+
+    Returns:
+        One row per epoch: ``epoch``, ``archs`` (architectures with 2+ seeds), ``runs``,
+        ``seed_std`` (the mean over those architectures of the sample standard deviation of
+        ``metric`` across their seeds), ``seed_range`` (the largest max-min spread of one
+        architecture), ``kendall_tau`` (tau-b between two seeds' rankings, averaged over every
+        pair of seeds with 2+ shared architectures; NaN when no pair has) and ``seed_pairs``
+        (how many pairs that average holds). Empty when no architecture has 2 complete seeds.
+    """
+    columns = ["epoch", "archs", "runs", "seed_std", "seed_range", "kendall_tau", "seed_pairs"]
+    complete = bench.final()
+    if complete.empty:
+        return pd.DataFrame(columns=columns)
+    seeds_of = complete.groupby("arch_id")["seed"].nunique()
+    multi = set(seeds_of[seeds_of >= 2].index)
+    if not multi:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for epoch in range(1, int(complete["epoch"].max()) + 1):
+        at = bench.final(epoch)
+        at = at[at["arch_id"].isin(multi)]
+        grid = at.pivot_table(index="arch_id", columns="seed", values=metric, aggfunc="first")
+        grid = grid[grid.notna().sum(axis=1) >= 2]
+        if grid.empty:
+            continue
+        taus = []
+        for a, b in itertools.combinations(grid.columns, 2):
+            both = grid[[a, b]].dropna()
+            if len(both) >= 2:
+                tau = kendall_tau(both[a].to_numpy(), both[b].to_numpy())[0]
+                if not np.isnan(tau):
+                    taus.append(tau)
+        rows.append({"epoch": epoch, "archs": len(grid), "runs": int(grid.notna().sum().sum()),
+                     "seed_std": float(grid.std(axis=1, ddof=1).mean()),
+                     "seed_range": float((grid.max(axis=1) - grid.min(axis=1)).max()),
+                     "kendall_tau": float(np.mean(taus)) if taus else float("nan"),
+                     "seed_pairs": len(taus)})
+    return pd.DataFrame(rows, columns=columns)
+
+
+__all__ = ["Front", "kendall_tau", "rank_agreement", "seed_agreement", "table_front"]

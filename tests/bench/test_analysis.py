@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cvt_nas.bench import kendall_tau, load, rank_agreement, table_front
+from cvt_nas.bench import kendall_tau, load, rank_agreement, seed_agreement, table_front
 from cvt_nas.results import hypervolume_points
 
 OBJ = {"val_top1": "max", "macs": "min"}
@@ -58,3 +58,31 @@ def test_rank_agreement_compares_each_seed_s_first_epoch_with_its_last(tiny_tabl
     early = b.final(1)[lambda d: d["seed"] == 0].set_index("arch_id")["val_top1"][seed0.index]
     assert agree["archs"].iloc[0] == len(seed0) == 10 and agree["archs"].iloc[1] == 3
     assert agree["kendall_tau"].iloc[0] == kendall_tau(early.to_numpy(), seed0.to_numpy())[0]
+
+
+def test_seed_agreement_is_the_spread_and_ranking_agreement_of_seeds_by_brute_force(tiny_table):
+    b = load(tiny_table)
+    noise = seed_agreement(b)
+    assert list(noise["epoch"]) == [1, 2]
+    final = b.final()
+    multi = final.groupby("arch_id")["seed"].nunique()[lambda s: s >= 2].index
+    assert len(multi) == 3  # the fixture's archs with seeds 0 and 1
+    for epoch, row in noise.set_index("epoch").iterrows():
+        at = b.final(epoch)[lambda d: d["arch_id"].isin(multi)]
+        s0 = at[at["seed"] == 0].set_index("arch_id")["val_top1"].sort_index()
+        s1 = at[at["seed"] == 1].set_index("arch_id")["val_top1"].sort_index()
+        assert row["archs"] == 3 and row["runs"] == 6 and row["seed_pairs"] == 1
+        diffs = (s0 - s1).abs()
+        # two seeds: the sample std of each architecture is |a - b| / sqrt(2)
+        assert np.isclose(row["seed_std"], (diffs / np.sqrt(2)).mean())
+        assert np.isclose(row["seed_range"], diffs.max())
+        assert row["kendall_tau"] == _tau_b(s0.to_numpy(), s1.to_numpy())
+
+
+def test_seed_agreement_is_empty_without_an_architecture_run_twice(table_copy):
+    import pandas as pd
+
+    table = pd.read_parquet(table_copy / "table.parquet")
+    table[table["seed"] == 0].to_parquet(table_copy / "table.parquet")
+    noise = seed_agreement(load(table_copy))
+    assert noise.empty and "seed_std" in noise.columns

@@ -32,7 +32,7 @@ def test_the_study_command_writes_tables_curves_plot_and_readme(tiny_table, tmp_
     assert study.main([str(config)]) == 0
     out = tmp_path / "out"
     for name in ("README.md", "table.md", "table.csv", "curves.csv", "runs.csv", "hv.png",
-                 "kendall.csv"):
+                 "kendall.csv", "noise.csv"):
         assert (out / name).stat().st_size > 0, name
     table = pd.read_csv(out / "table.csv")
     assert list(table["method"]) == ["random", "nsga2+pareto-sha"]
@@ -47,6 +47,10 @@ def test_the_study_command_writes_tables_curves_plot_and_readme(tiny_table, tmp_
     assert (curves["low"] <= curves["mean"] + 1e-12).all()
     readme = (out / "README.md").read_text()
     assert "## The half-budget target" in readme and "Kendall tau" in readme
+    noise = pd.read_csv(out / "noise.csv")
+    assert list(noise["archs"]) == [3, 3]  # the fixture's architectures run with 2 seeds
+    std = noise.set_index("epoch")["seed_std"]
+    assert f"epoch 2 (3 architectures, 6 runs): mean std across seeds {std[2]:.2f}" in readme
 
 
 def test_a_bad_study_file_is_one_line_exit_2(tmp_path, capsys):
