@@ -3,9 +3,11 @@
     python experiments/search_algorithms.py                       # experiments/search_algorithms.yaml
     python experiments/search_algorithms.py --table DIR --seeds 3 --trials 30 --out /tmp/study
 
-Every method (a sampler, optionally a pruner) runs ``seeds`` simulated searches of ``trials``
-trials each (`cvt_nas.search.table_backend.simulate`: in memory, answered from the table, with
-simulated time). A search's quality after each trial, and at each simulated second, is its
+Every method (a sampler, optionally a pruner and a number of asynchronous ``workers``, default
+1) runs ``seeds`` simulated searches of ``trials`` trials each
+(`cvt_nas.search.table_backend.simulate`: in memory, answered from the table, with simulated
+time; with several workers, trials overlap in simulated time and each ask sees only the trials
+finished by then). A search's quality after each trial, and at each simulated second, is its
 hypervolume divided by the hypervolume of the table's own Pareto front as that search sees it
 (brute force over every architecture's run that answers the search's seed; with one seed per
 architecture that is the whole table's front), at one reference point for all
@@ -52,7 +54,7 @@ from cvt_nas.space import load_space
 
 DEFAULT = Path(__file__).with_suffix(".yaml")
 KEYS = ("table", "space", "out", "objectives", "trials", "seeds", "methods")
-METHOD_KEYS = ("sampler", "pruner", "population_size")
+METHOD_KEYS = ("sampler", "pruner", "population_size", "workers")
 BUDGETS = (0.1, 0.25, 0.5, 1.0)  # fractions of the trial budget (and of random's time)
 TIME_POINTS = 200
 BOOTSTRAP = 2000
@@ -64,6 +66,7 @@ class Method:
     sampler: str
     pruner: str = "none"
     population_size: int | None = None
+    workers: int = 1  # simulated asynchronous workers (`cvt_nas.search.table_backend`)
 
 
 def read_config(path: Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,7 +84,11 @@ def read_config(path: Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
         bad = sorted(set(spec or {}) - set(METHOD_KEYS))
         if bad or "sampler" not in (spec or {}):
             raise ValueError(f"{path}: methods.{name}: give sampler (and optionally pruner, "
-                             f"population_size); unknown {bad}")
+                             f"population_size, workers); unknown {bad}")
+        workers = spec.get("workers", 1)
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"{path}: methods.{name}.workers: {workers!r}; give a whole "
+                             "number >= 1 (simulated workers)")
         methods.append(Method(name, **spec))
     if not any(m.name == "random" for m in methods):
         raise ValueError(f"{path}: methods: a method named 'random' is the baseline; add it")
@@ -114,7 +121,7 @@ def run_all(space: TableSpace, bench: Bench, objectives: dict[str, str], methods
                             trials=trials, sampler=m.sampler, pruner=m.pruner, seed=seed,
                             population_size=m.population_size, heartbeat=None,
                             runner=TableRunner(bench, seed))
-            df = records_frame(simulate(run))
+            df = records_frame(simulate(run, m.workers))
             hist = hypervolume_history(df, objectives, front.reference)
             hist["hv"] = hist["hypervolume"] / best[seed]
             hist["completed"] = (df["status"] == "complete").cumsum().to_numpy()
@@ -179,7 +186,7 @@ def summarize(runs: dict[str, list[pd.DataFrame]], methods: list[Method], trials
         curves += [{"method": m.name, "axis": "sim_time_s", "x": float(x), "mean": a, "low": b,
                     "high": c} for x, a, b, c in zip(grid, mean_t, lo_t, hi_t, strict=True)]
         row: dict[str, Any] = {"method": m.name, "sampler": m.sampler, "pruner": m.pruner,
-                               "seeds": len(runs[m.name])}
+                               "workers": m.workers, "seeds": len(runs[m.name])}
         for f in BUDGETS:
             k = max(1, int(round(f * trials)))
             row[f"hv@{k}"] = mean_n[k - 1]

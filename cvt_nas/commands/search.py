@@ -54,7 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--population-size", type=int_at_least(2), help="NSGA-II population (with "
                    "--deterministic also the generation size of tpe and grid, default 4)")
     p.add_argument("--n-workers", type=positive_int, default=1,
-                   help="local worker processes on the study (optuna backend)")
+                   help="local worker processes on the study (optuna backend); with "
+                        "--backend table, simulated asynchronous workers")
     p.add_argument("--gpus", type=gpus_arg, help=f"optuna: {GPUS_HELP}")
     p.add_argument("--threads", type=positive_int,
                    help="torch threads per trial (default: CPU cores // workers)")
@@ -130,12 +131,9 @@ def run(args: argparse.Namespace) -> int:
     if table is not None:
         from cvt_nas.search.table_backend import prepare
 
-        if args.n_workers > 1:
-            raise ValueError("--n-workers: --backend table runs its trials in this process "
-                             "(simulated time, one worker); drop --n-workers")
         if exact:
-            raise ValueError("--deterministic: a --backend table search runs one worker and "
-                             "is reproducible from its --seed already; drop --deterministic")
+            raise ValueError("--deterministic: a --backend table search is reproducible from "
+                             "its --seed already, with any --n-workers; drop --deterministic")
         space, runner = prepare(space, table, objectives, seed)
     # float results depend on the thread count: a deterministic search must not take it from
     # --n-workers
@@ -215,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
         if table is not None:
             from cvt_nas.search.table_backend import run_table_search
 
-            run_table_search(search, out, meta, progress=not args.quiet)
+            run_table_search(search, out, meta, progress=not args.quiet,
+                             workers=args.n_workers)
         else:
             if gpus:
                 print(f"cvt-nas search: {args.n_workers} worker(s) on GPU(s) {', '.join(gpus)} "

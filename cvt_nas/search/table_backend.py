@@ -19,25 +19,47 @@ answered, in a search seeded ``S`` (``--seed``, else 0), by ``s_i`` with
 ``i = stream_seed(S, arch_id) mod n``: within one search an architecture always gives the same
 numbers, and searches with other seeds see other runs.
 
-Simulated time: one worker, trials back to back. A trial costs the recorded train + eval seconds
-of the epochs it ran (a pruned trial only those; a refused or reused one nothing); its record
-holds ``wall_time_s`` (that cost), ``sim_time_s`` (the clock when it ended) and ``finished_at``
-= 1970-01-01 UTC + ``sim_time_s``, so the hypervolume-against-time plots of `cvt-nas report` /
-`compare` read simulated time. A resumed study continues its clock.
+Simulated time. A trial costs the recorded train + eval seconds of the epochs it ran (a pruned
+trial only those; a refused or reused one nothing); its record holds ``wall_time_s`` (that
+cost), ``sim_time_s`` (the clock when it ended) and ``finished_at`` = 1970-01-01 UTC +
+``sim_time_s``, so the hypervolume-against-time plots of `cvt-nas report` / `compare` read
+simulated time. A resumed study continues its clock.
+
+With one worker (the default) trials run back to back. With ``workers`` > 1 (``--n-workers``)
+the search runs as that many asynchronous workers would, in simulated time, as a discrete-event
+simulation (`SimClock`): every worker is a thread with its own clock, and only the worker whose
+clock is earliest runs (ties: the lower index); a trial's epoch ends, its report to the pruner,
+its tell and the next ask all happen in simulated-time order. So the sampler of a worker that
+asks at time t sees exactly the trials finished by t, and pruners see the epochs reported by
+then. Runs are reproducible: worker ``i`` > 0 samples from ``stream_seed(seed, "sim:i")``,
+worker 0 from ``seed``, as a one-worker search does.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from optuna.storages import BaseStorage
+
 from cvt_nas.bench import Bench, load
 from cvt_nas.search import study as store
-from cvt_nas.search.optuna_backend import SearchRun, run_search, run_worker, stream_seed
+from cvt_nas.search.optuna_backend import (
+    Objective,
+    SearchRun,
+    SurplusTrial,
+    TrialFailed,
+    make_pruner,
+    make_sampler,
+    run_search,
+    run_worker,
+    stream_seed,
+)
 from cvt_nas.search.trial import Gate, Report, TrialSettings
 from cvt_nas.space import Sample, SearchSpace, Suggest
 
@@ -83,6 +105,52 @@ def table_space(space: SearchSpace, bench: Bench) -> TableSpace:
     return TableSpace(**values, bench=bench)
 
 
+class SimClock:
+    """Simulated time of ``workers`` workers run as threads, one at a time, earliest first.
+
+    A worker takes its turn (`turn`), works, and gives the turn back whenever its clock moves
+    (`advance`): the turn then goes to the worker with the earliest clock (ties: the lower
+    index), so everything that happens, happens in simulated-time order. A worker that ends
+    `retire`s; the others go on.
+    """
+
+    def __init__(self, workers: int, start: float = 0.0) -> None:
+        self.now = [float(start)] * workers
+        self.holder: int | None = None  # the worker whose turn it is
+        self._active = set(range(workers))
+        self._cond = threading.Condition()
+
+    def _next(self) -> int | None:
+        return min(self._active, key=lambda i: (self.now[i], i)) if self._active else None
+
+    def _wait(self, i: int) -> None:
+        self._cond.wait_for(lambda: self.holder is None and self._next() == i)
+        self.holder = i
+
+    def turn(self, i: int) -> None:
+        """Block until it is worker ``i``'s turn."""
+        with self._cond:
+            self._wait(i)
+
+    def advance(self, seconds: float) -> None:
+        """Move the current worker's clock on by ``seconds`` and wait for its next turn."""
+        with self._cond:
+            i = self.holder
+            assert i is not None, "advance() outside a worker's turn"
+            self.now[i] += max(0.0, float(seconds))
+            self.holder = None
+            self._cond.notify_all()
+            self._wait(i)
+
+    def retire(self, i: int) -> None:
+        """Worker ``i`` is done: it takes no more turns."""
+        with self._cond:
+            self._active.discard(i)
+            if self.holder == i:
+                self.holder = None
+            self._cond.notify_all()
+
+
 @dataclass
 class TableRunner:
     """Answers feasible samples from a table's recorded runs; keeps the simulated clock."""
@@ -90,6 +158,7 @@ class TableRunner:
     bench: Bench
     seed: int = 0  # the search's seed: which recorded run answers an architecture
     clock: float = 0.0  # simulated seconds when the last trial ended
+    sim: SimClock | None = None  # several simulated workers: their clocks (`run_simulated`)
 
     def answering_seed(self, arch_id: str) -> int:
         """The recorded run (seed) that answers ``arch_id`` in this search."""
@@ -120,8 +189,12 @@ class TableRunner:
             val_top5=None, test_top1=None, test_top5=None, train_loss=None, epochs=0,
             wall_time_s=0.0, images_per_s=None, seed=seed, device=str(first["device"]),
             threads=int(first["threads"]))
+        spent = 0.0  # simulated seconds of this trial so far
         try:
             for r in rows.itertuples(index=False):
+                if self.sim is not None:  # the epoch ends later than other workers' events
+                    self.sim.advance(float(r.time_s) - spent)
+                    spent = float(r.time_s)
                 metrics = {"epoch": int(r.epoch), "train_loss": _f(r.train_loss),
                            "val_top1": _f(r.val_top1), "val_top5": _f(r.val_top5),
                            "time_s": _f(r.train_time_s), "eval_s": _f(r.eval_time_s)}
@@ -139,9 +212,14 @@ class TableRunner:
 
     def finish(self, record: dict[str, Any], result: Any | None) -> None:
         """Advance the clock by the trial's cost; stamp ``sim_time_s`` and ``finished_at``."""
-        self.clock += float(record.get("wall_time_s") or 0.0)
-        record["sim_time_s"] = self.clock
-        record["finished_at"] = (SIM_EPOCH + timedelta(seconds=self.clock)).isoformat(
+        if self.sim is not None:  # its worker's clock moved epoch by epoch in `run`
+            assert self.sim.holder is not None
+            now = self.sim.now[self.sim.holder]
+            self.clock = max(self.clock, now)
+        else:
+            now = self.clock = self.clock + float(record.get("wall_time_s") or 0.0)
+        record["sim_time_s"] = now
+        record["finished_at"] = (SIM_EPOCH + timedelta(seconds=now)).isoformat(
             timespec="milliseconds")
         if result is not None:
             drawn = json.loads(record.get("params_sampled") or "{}")
@@ -173,12 +251,82 @@ def prepare(space: SearchSpace, table: str | Path, objectives: Mapping[str, str]
     return restricted, TableRunner(bench, seed or 0)
 
 
+def sim_seed(seed: int | None, index: int) -> int | None:
+    """The sampler seed of simulated worker ``index``: ``seed`` for worker 0 (as a one-worker
+    search), a stream of its own for the others."""
+    if seed is None or index == 0:
+        return seed
+    return stream_seed(seed, f"sim:{index}")
+
+
+def run_simulated(run: SearchRun, workers: int, storage: BaseStorage,
+                  stop: Callable[[], bool] = lambda: False) -> int:
+    """Run ``workers`` simulated workers on ``storage`` until the study holds ``run.trials``.
+
+    One worker is `run_worker`, unchanged. More are threads of this process that take turns in
+    simulated-time order (`SimClock`, see the module docstring); ``run.runner`` (a
+    `TableRunner`) gets the clock for the run and loses it after. Returns the trials run.
+
+    Raises:
+        Whatever a worker raised (the others stop at their next turn).
+    """
+    runner = run.runner
+    assert isinstance(runner, TableRunner)
+    if workers <= 1:
+        return run_worker(run, 0, storage)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    sim = runner.sim = SimClock(workers, runner.clock)
+    errors: list[BaseException] = []
+    ran = [0] * workers
+
+    def worker(i: int) -> None:
+        try:
+            sim.turn(i)
+            study = store.open_study(storage, run.settings.study, run.settings.objectives,
+                                     pruner=make_pruner(run))
+            study.sampler = make_sampler(run, sim_seed(run.seed, i))
+            objective = Objective(run, study)
+            while not errors and not stop() and store.tally(study).counted < run.trials:
+                study.optimize(objective, n_trials=1, gc_after_trial=False,
+                               catch=(TrialFailed, SurplusTrial))
+                ran[i] += 1
+                if objective.surplus:
+                    break
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+        finally:
+            sim.retire(i)
+
+    threads = [threading.Thread(target=worker, args=(i,), name=f"sim-worker-{i}", daemon=True)
+               for i in range(workers)]
+    started = 0
+    try:
+        for t in threads:
+            t.start()
+            started += 1
+        for t in threads:
+            t.join()
+    finally:  # also after an interrupt: the others end their trial (milliseconds) and stop
+        for i in range(started, workers):
+            sim.retire(i)
+        for t in threads[:started]:
+            t.join()
+        runner.sim = None
+        runner.clock = max(sim.now)
+    if errors:
+        raise errors[0]
+    return sum(ran)
+
+
 def run_table_search(run: SearchRun, out_dir: str | Path, meta: dict[str, Any],
-                     progress: bool = True) -> None:
+                     progress: bool = True, workers: int = 1) -> None:
     """Run (or resume) a simulated study in this process and write its results directory.
 
     ``run.runner`` is the `TableRunner` of `prepare`; its clock resumes from the study's
-    records. The study's total simulated time goes into study.yaml (``simulated``).
+    records. ``workers``: simulated asynchronous workers (`run_simulated`). The study's total
+    simulated time goes into study.yaml (``simulated``).
     """
     runner = run.runner
     assert isinstance(runner, TableRunner)
@@ -187,26 +335,42 @@ def run_table_search(run: SearchRun, out_dir: str | Path, meta: dict[str, Any],
                              space=run.space)
     records, _ = store.collect(study)
     runner.clock = max((float(r.get("sim_time_s") or 0.0) for r in records), default=0.0)
-    study = run_search(run, 1, out_dir, meta, progress=progress)
-    simulated = {"time_s": runner.clock, "workers": 1, "table": str(runner.bench.path),
+    if workers <= 1:
+        study = run_search(run, 1, out_dir, meta, progress=progress)
+    else:
+        from cvt_nas.common.pool import STOP, stop_on_signals
+        from cvt_nas.search.progress import Progress
+
+        make_sampler(run, run.seed)  # validate before starting anything
+        store.fail_dead_trials(study, only_local=False)  # an interrupted run's trials
+        with Progress(run.storage_url, run.settings.study, run.trials, run.settings.objectives,
+                      out_dir, meta, show=progress), \
+                store.results_on_exit(study, out_dir, run.settings.objectives, meta):
+            try:
+                with stop_on_signals():
+                    run_simulated(run, workers, storage, stop=STOP.is_set)
+            finally:  # interrupted: fail what ran, so that re-running resumes
+                store.fail_dead_trials(study, only_local=False)
+    simulated = {"time_s": runner.clock, "workers": workers, "table": str(runner.bench.path),
                  "table_archs": len(runner.bench.archs),
                  "table_runs": len(runner.bench.final())}
     store.write_results(study, out_dir, run.settings.objectives, {**meta, "simulated": simulated})
 
 
-def simulate(run: SearchRun) -> list[dict[str, Any]]:
+def simulate(run: SearchRun, workers: int = 1) -> list[dict[str, Any]]:
     """Run one simulated study in memory (no files) and return its records by trial number.
 
-    For studies of search algorithms: ``run.runner`` is a fresh `TableRunner` (clock 0).
+    For studies of search algorithms: ``run.runner`` is a fresh `TableRunner` (clock 0);
+    ``workers``: simulated asynchronous workers (`run_simulated`).
     """
     import optuna
 
     storage = optuna.storages.InMemoryStorage()
-    run_worker(run, 0, storage)
+    run_simulated(run, workers, storage)
     study = store.open_study(storage, run.settings.study, run.settings.objectives)
     records, _ = store.collect(study)
     return sorted(records, key=lambda r: int(r["trial"]))
 
 
-__all__ = ["SIM_EPOCH", "TableRunner", "TableSpace", "prepare", "run_table_search", "simulate",
-           "table_space"]
+__all__ = ["SIM_EPOCH", "SimClock", "TableRunner", "TableSpace", "prepare", "run_simulated",
+           "run_table_search", "sim_seed", "simulate", "table_space"]

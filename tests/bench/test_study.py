@@ -27,7 +27,7 @@ def test_the_study_command_writes_tables_curves_plot_and_readme(tiny_table, tmp_
         f"table: {tiny_table}\nspace: tests/data/tiny_space.yaml\nout: {tmp_path / 'out'}\n"
         "objectives: [val_top1:max, macs:min]\ntrials: 12\nseeds: 3\nmethods:\n"
         "  random: {sampler: random}\n  nsga2+pareto-sha: {sampler: nsga2, pruner: pareto-sha, "
-        "population_size: 4}\n")
+        "population_size: 4}\n  random-3w: {sampler: random, workers: 3}\n")
     study = _study()
     assert study.main([str(config)]) == 0
     out = tmp_path / "out"
@@ -35,10 +35,13 @@ def test_the_study_command_writes_tables_curves_plot_and_readme(tiny_table, tmp_
                  "kendall.csv", "noise.csv"):
         assert (out / name).stat().st_size > 0, name
     table = pd.read_csv(out / "table.csv")
-    assert list(table["method"]) == ["random", "nsga2+pareto-sha"]
+    assert list(table["method"]) == ["random", "nsga2+pareto-sha", "random-3w"]
+    assert list(table["workers"]) == [1, 1, 3]
+    sim_h = table.set_index("method")["sim_h"]
+    assert sim_h["random-3w"] < sim_h["random"]  # three workers: trials overlap in time
     assert ((table["hv@12"] > 0) & (table["hv@12"] <= 1.0)).all()
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 6 and runs["hv"].between(0, 1).all()
+    assert len(runs) == 9 and runs["hv"].between(0, 1).all()
     mean = runs.groupby("method", sort=False)["hv"].mean()
     assert table.set_index("method")["hv@12"].to_dict() == mean.to_dict()
     curves = pd.read_csv(out / "curves.csv")
@@ -59,3 +62,12 @@ def test_a_bad_study_file_is_one_line_exit_2(tmp_path, capsys):
                       "seeds: 1\nmethods: {nsga2: {sampler: nsga2}}\n")
     assert _study().main([str(config)]) == 2
     assert "a method named 'random' is the baseline" in capsys.readouterr().err
+
+
+def test_a_method_s_workers_must_be_a_whole_number(tmp_path, capsys):
+    config = tmp_path / "study.yaml"
+    config.write_text("table: x\nspace: y\nout: z\nobjectives: [val_top1:max]\ntrials: 3\n"
+                      "seeds: 1\nmethods: {random: {sampler: random, workers: 0}}\n")
+    assert _study().main([str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "methods.random.workers: 0; give a whole number >= 1" in err[0]

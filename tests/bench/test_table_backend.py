@@ -118,12 +118,108 @@ def test_a_resumed_simulated_study_continues_its_clock(tiny_table, tmp_path):
     assert both["sim_time_s"].is_monotonic_increasing
 
 
+def _intervals(df: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's simulated [start, end], in trial (= ask) order."""
+    df = df.sort_values("trial")
+    cost = df["wall_time_s"].fillna(0.0)
+    return pd.DataFrame({"trial": df["trial"], "start": df["sim_time_s"] - cost,
+                         "end": df["sim_time_s"], "cost": cost})
+
+
+@pytest.fixture(scope="module")
+def parallel_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """The same 3-worker simulated search twice (TPE, median pruner on val_top1)."""
+    base = tmp_path_factory.mktemp("parallel")
+    flags = ("--trials", "30", "--seed", "5", "--sampler", "tpe", "--objectives",
+             "val_top1:max", "--pruner", "median", "--n-workers", "3")
+    for name in ("a", "b"):
+        _search(ROOT / "tests" / "data" / "tiny_bench", base / name, *flags)
+    return base / "a", base / "b"
+
+
+def test_simulated_workers_overlap_in_time_and_ask_in_time_order(parallel_dirs):
+    df = pd.read_parquet(parallel_dirs[0] / "trials.parquet")
+    assert len(df) == 30
+    iv = _intervals(df)
+    # trial numbers are handed out by the asks, so asks happened in simulated-time order
+    assert iv["start"].is_monotonic_increasing
+    busy = iv[iv["cost"] > 0]
+    events = sorted([(t, 1) for t in busy["start"]] + [(t, -1) for t in busy["end"]],
+                    key=lambda e: (e[0], e[1]))  # an end at t frees its worker before a start
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak == 3  # three workers busy at once, never more
+    total = busy["cost"].sum()
+    assert total / 3 <= iv["end"].max() < total  # faster than one worker, at most 3x
+    meta = load_meta(parallel_dirs[0])
+    assert meta["simulated"]["workers"] == 3
+    assert meta["simulated"]["time_s"] == pytest.approx(iv["end"].max())
+
+
+def test_the_pruner_sees_exactly_the_trials_finished_by_each_report_s_simulated_time(
+        parallel_dirs, tiny_table):
+    """Brute force over every epoch report of the 3-worker search: Optuna's median pruner (3
+    startup trials) must prune exactly when the trial's best value so far is below the median,
+    at that epoch, of the trials complete by the report's simulated time, and no others."""
+    df = pd.read_parquet(parallel_dirs[0] / "trials.parquet").sort_values("trial")
+    curves = pd.read_parquet(parallel_dirs[0] / "epochs.parquet")
+    b = load(tiny_table)
+    iv = _intervals(df).set_index("trial")
+    complete = df[df["status"] == "complete"]
+    value = {(t, e): v for t, e, v in zip(curves["trial"], curves["epoch"], curves["val_top1"],
+                                          strict=True)}
+    checked = pruned_seen = 0
+    for r in df[df["status"].isin(["complete", "pruned"]) & df["reused_from"].isna()].itertuples():
+        for epoch in range(1, int(r.epochs) + 1):
+            at = iv.loc[r.trial, "start"] + b.query(r.arch_id, epoch=epoch, seed=r.seed).time_s
+            ends = iv.loc[complete["trial"], "end"].drop(r.trial, errors="ignore")
+            if np.isclose(ends, at, rtol=0, atol=1e-9).any():
+                continue  # a tie (two runs of one architecture at once): order by worker index
+            peers = [value[(t, epoch)] for t in ends[ends < at].index]
+            best = max(value[(r.trial, e)] for e in range(1, epoch + 1))
+            should = len(peers) >= 3 and best < np.percentile(peers, 50)
+            last = epoch == r.epochs
+            assert should == (last and r.status == "pruned"), (r.trial, epoch, peers, best)
+            checked += 1
+            pruned_seen += should
+    assert checked >= 15 and pruned_seen >= 1  # 22 reports and 3 prunes with these seeds
+
+
+def test_a_parallel_simulated_search_is_reproducible(parallel_dirs):
+    a, b = (pd.read_parquet(d / "trials.parquet").sort_values("trial") for d in parallel_dirs)
+    cols = ["trial", "status", "arch_id", "seed", "params_sampled", "val_top1", "sim_time_s"]
+    pd.testing.assert_frame_equal(a[cols].reset_index(drop=True),
+                                  b[cols].reset_index(drop=True))
+
+
+def test_one_simulated_worker_is_the_one_worker_search(tiny_table, tmp_path):
+    flags = ("--trials", "12", "--seed", "4", "--sampler", "random")
+    one = _search(tiny_table, tmp_path / "one", *flags).sort_values("trial")
+    again = _search(tiny_table, tmp_path / "again", *flags, "--n-workers", "1")
+    assert list(one["params_sampled"]) == list(again.sort_values("trial")["params_sampled"])
+    iv = _intervals(one)
+    assert (iv["start"].to_numpy()[1:] == iv["end"].to_numpy()[:-1]).all()  # back to back
+
+
+def test_a_resumed_parallel_simulated_study_starts_its_workers_at_its_clock(tiny_table,
+                                                                              tmp_path):
+    first = _search(tiny_table, tmp_path / "r", "--trials", "9", "--seed", "2", "--n-workers", "3")
+    both = _search(tiny_table, tmp_path / "r", "--trials", "18", "--seed", "2", "--n-workers", "3")
+    assert len(both) == 18
+    clock = first["sim_time_s"].max()
+    later = _intervals(both)
+    later = later[later["trial"] >= 9]
+    assert (later["start"] >= clock - 1e-9).all() and later["start"].min() == pytest.approx(clock)
+
+
 def test_wrong_uses_are_one_line_errors(tiny_table, tmp_path, capsys):
     cases = [
         (["search", str(ROOT / "search_spaces" / "cvt_micro.yaml"), "--backend",
           f"table:{tiny_table}"], "section differs from the space the table"),
-        (["search", TINY, "--backend", f"table:{tiny_table}", "--n-workers", "2"],
-         "--n-workers: --backend table runs its trials in this process"),
+        (["search", TINY, "--backend", f"table:{tiny_table}", "--deterministic"],
+         "--deterministic: a --backend table search is reproducible from its --seed already"),
     ]
     for argv, message in cases:
         assert main([*argv, "--out", str(tmp_path / "o"), "--quiet"]) == 2
