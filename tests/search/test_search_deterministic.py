@@ -15,7 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import cvt_nas_running, wait_for, worker_tags
+from conftest import PostgresServer, cvt_nas_running, wait_for, worker_tags
 
 from cvt_nas.cli import main
 from cvt_nas.common.proc import parse_tag
@@ -291,3 +291,25 @@ def test_a_killed_worker_changes_no_trial(tmp_path: Path) -> None:
     for slot, record in by_slot.items():
         assert record["params_sampled"] == baseline.loc[slot, "params_sampled"]
         assert record["val_top1"] == baseline.loc[slot, "val_top1"]
+
+
+@pytest.mark.slow  # a PostgreSQL server and three searches that import torch
+def test_two_processes_on_one_postgresql_study_match_one_worker_on_sqlite(
+        tmp_path: Path, postgres: PostgresServer) -> None:
+    """What machines sharing a server do: two separate ``cvt-nas search`` processes, started
+    together on one PostgreSQL study, draw and score the trials one SQLite worker does."""
+    args = ["--sampler", "nsga2", "--population-size", "4", "--trials", "8"]  # half train
+    one = _search(tmp_path / "sqlite", 1, args)
+    assert one["val_top1"].notna().any()
+    url = postgres.url()
+    outs = [tmp_path / f"pg{i}" for i in range(2)]
+    common = ["search", str(TINY), "--deterministic", "--seed", "3", "--quiet", "--storage", url,
+              *args]
+    with cvt_nas_running([*common, "--out", str(outs[0])], tmp_path, tmp_path / "a.log") as a, \
+            cvt_nas_running([*common, "--out", str(outs[1])], tmp_path, tmp_path / "b.log") as b:
+        assert a.wait(timeout=900) == 0, (tmp_path / "a.log").read_text()
+        assert b.wait(timeout=900) == 0, (tmp_path / "b.log").read_text()
+    assert main(["report", str(outs[0]), "--storage", url, "--write"]) == 0
+    shared = pd.read_csv(outs[0] / "trials.csv").sort_values("trial").reset_index(drop=True)
+    assert shared["worker"].nunique() == 2, shared["worker"]  # both processes ran trials
+    pd.testing.assert_frame_equal(shared[SAME], one[SAME], check_exact=True)
