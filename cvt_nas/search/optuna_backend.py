@@ -121,8 +121,14 @@ def sampler_seed(study: optuna.Study, seed: int | None, index: int, tag: str
         return None, True
     if index > 0 or store.other_live_worker(study, tag):
         return stream_seed(seed, tag), True
+    return resume_seed(study, seed), False
+
+
+def resume_seed(study: optuna.Study, seed: int | None) -> int | None:
+    """The seed of a study's only sampler: ``seed`` for a new study; for a resumed one a stream
+    keyed by its trial count (reproducible, and not a replay of the draws it already has)."""
     done = len(study.get_trials(deepcopy=False))
-    return (stream_seed(seed, f"resume:{done}") if done else seed), False
+    return stream_seed(seed, f"resume:{done}") if seed is not None and done else seed
 
 
 def make_pruner(run: SearchRun) -> optuna.pruners.BasePruner:
@@ -380,5 +386,5 @@ def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[s
 
 
 __all__ = ["OPTUNA_PRUNERS", "SearchRun", "SurplusTrial", "TrialFailed", "Objective",
-           "keyed_sampler", "make_pruner", "make_sampler", "run_search", "run_worker", "sampler_seed",
-           "stream_seed"]
+           "keyed_sampler", "make_pruner", "make_sampler", "resume_seed", "run_search", "run_worker",
+           "sampler_seed", "stream_seed"]

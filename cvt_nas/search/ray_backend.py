@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cvt_nas.search import study as store
-from cvt_nas.search.optuna_backend import SearchRun, make_sampler
+from cvt_nas.search.optuna_backend import SearchRun, make_sampler, resume_seed
 from cvt_nas.search.progress import Progress
 from cvt_nas.search.trial import Gate, evaluate, gate, record_extra
 
@@ -157,7 +157,8 @@ class DefineByRun:
         return {"trial_number": trial.number}
 
 
-def _searcher(run: SearchRun, storage: Any) -> Any:
+def _searcher(run: SearchRun, storage: Any, seed: int | None) -> Any:
+    """Ray's OptunaSearch on the study, its sampler seeded ``seed`` (`resume_seed`)."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -196,7 +197,7 @@ def _searcher(run: SearchRun, storage: Any) -> Any:
         space=DefineByRun(run),
         metric=list(objectives) if multi else next(iter(objectives)),
         mode=list(objectives.values()) if multi else next(iter(objectives.values())),
-        sampler=make_sampler(run, run.seed), study_name=run.settings.study, storage=storage)
+        sampler=make_sampler(run, seed), study_name=run.settings.study, storage=storage)
 
 
 def run_ray(run: SearchRun, opts: RayOptions, out_dir: str | Path, meta: dict[str, Any],
@@ -225,6 +226,7 @@ def run_ray(run: SearchRun, opts: RayOptions, out_dir: str | Path, meta: dict[st
     study = store.open_study(storage, run.settings.study, run.settings.objectives,
                              space=run.space)
     store.fail_dead_trials(study, only_local=False)
+    seed = resume_seed(study, run.seed)  # a resumed study does not replay its first draws
     remaining = run.trials - store.tally(study).counted
     objectives = run.settings.objectives
     started = False
@@ -257,7 +259,7 @@ def run_ray(run: SearchRun, opts: RayOptions, out_dir: str | Path, meta: dict[st
                                             resources)
             tuner = tune.Tuner(
                 trainable,
-                tune_config=tune.TuneConfig(search_alg=_searcher(shipped, storage),
+                tune_config=tune.TuneConfig(search_alg=_searcher(shipped, storage, seed),
                                             scheduler=scheduler, num_samples=remaining,
                                             trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(

@@ -55,6 +55,8 @@ def test_ray_search_on_a_real_local_cluster_records_gates_and_resumes(
     keep = ["status", "val_top1", "finished_at"]
     pd.testing.assert_frame_equal(again[keep].iloc[:3], trials[keep])
     assert again.loc[3, "epochs"] == 2 and again.loc[3, "status"] == "complete"
+    # the resumed driver's sampler is on a stream of its own, not seed 2's first draw again
+    assert again.loc[3, "params_sampled"] != trials.loc[0, "params_sampled"]
     second = sorted((out / "ray").glob("ray-*"))[-1]
     reports = [json.loads(line) for line in
                next(second.glob("trial_00003_*/result.json")).read_text().splitlines()]
