@@ -304,7 +304,9 @@ def readme(cfg: dict[str, Any], bench: Bench, front: Front, table: pd.DataFrame,
         lines.append("No architecture has two complete seeds yet: the noise floor is unknown.")
     else:
         lines.append("Architectures trained with several seeds: how far their runs differ, and "
-                     "how well two seeds rank them alike (the ceiling for any tau above).")
+                     "how well two seeds rank them alike. Tau between seeds is how reproducible "
+                     "a ranking is at all; an early epoch that agrees with its own seed's last "
+                     "one better than that shares the seed's noise with it.")
         lines.append("")
     for r in noise.itertuples():
         tau = ("no two seeds share 2 architectures" if pd.isna(r.kendall_tau)
