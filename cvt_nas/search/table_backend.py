@@ -251,12 +251,13 @@ def prepare(space: SearchSpace, table: str | Path, objectives: Mapping[str, str]
     return restricted, TableRunner(bench, seed or 0)
 
 
-def sim_seed(seed: int | None, index: int) -> int | None:
-    """The sampler seed of simulated worker ``index``: ``seed`` for worker 0 (as a one-worker
-    search), a stream of its own for the others."""
-    if seed is None or index == 0:
+def sim_seed(seed: int | None, index: int, done: int = 0) -> int | None:
+    """The sampler seed of simulated worker ``index`` on a study that held ``done`` trials when
+    the run started: worker 0 of a new study takes ``seed`` (as a one-worker search), the others
+    and any resumed run a stream of their own (a resumed run does not replay its first draws)."""
+    if seed is None or (index == 0 and not done):
         return seed
-    return stream_seed(seed, f"sim:{index}")
+    return stream_seed(seed, f"sim:{index}:resume:{done}" if done else f"sim:{index}")
 
 
 def run_simulated(run: SearchRun, workers: int, storage: BaseStorage,
@@ -277,6 +278,8 @@ def run_simulated(run: SearchRun, workers: int, storage: BaseStorage,
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    done = len(optuna.load_study(study_name=run.settings.study, storage=storage).trials) \
+        if run.settings.study in {st.study_name for st in storage.get_all_studies()} else 0
     sim = runner.sim = SimClock(workers, runner.clock)
     errors: list[BaseException] = []
     ran = [0] * workers
@@ -286,7 +289,7 @@ def run_simulated(run: SearchRun, workers: int, storage: BaseStorage,
             sim.turn(i)
             study = store.open_study(storage, run.settings.study, run.settings.objectives,
                                      pruner=make_pruner(run))
-            study.sampler = make_sampler(run, sim_seed(run.seed, i))
+            study.sampler = make_sampler(run, sim_seed(run.seed, i, done))
             objective = Objective(run, study)
             while not errors and not stop() and store.tally(study).counted < run.trials:
                 study.optimize(objective, n_trials=1, gc_after_trial=False,
