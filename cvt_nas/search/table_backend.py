@@ -32,7 +32,9 @@ clock is earliest runs (ties: the lower index); a trial's epoch ends, its report
 its tell and the next ask all happen in simulated-time order. So the sampler of a worker that
 asks at time t sees exactly the trials finished by t, and pruners see the epochs reported by
 then. Runs are reproducible: worker ``i`` > 0 samples from ``stream_seed(seed, "sim:i")``,
-worker 0 from ``seed``, as a one-worker search does.
+worker 0 from ``seed``, as a one-worker search does; a resumed study's workers take streams keyed
+by its trial count (`sim_seed`), so they do not replay the study's first draws. A trial's
+``worker`` column names its simulated worker, ``sim:i``.
 """
 
 from __future__ import annotations
@@ -211,11 +213,13 @@ class TableRunner:
         return result
 
     def finish(self, record: dict[str, Any], result: Any | None) -> None:
-        """Advance the clock by the trial's cost; stamp ``sim_time_s`` and ``finished_at``."""
+        """Advance the clock by the trial's cost; stamp ``sim_time_s`` and ``finished_at`` (and,
+        with several simulated workers, ``worker``: ``sim:i``)."""
         if self.sim is not None:  # its worker's clock moved epoch by epoch in `run`
             assert self.sim.holder is not None
             now = self.sim.now[self.sim.holder]
             self.clock = max(self.clock, now)
+            record["worker"] = f"sim:{self.sim.holder}"
         else:
             now = self.clock = self.clock + float(record.get("wall_time_s") or 0.0)
         record["sim_time_s"] = now

@@ -151,6 +151,10 @@ def test_simulated_workers_overlap_in_time_and_ask_in_time_order(parallel_dirs):
         running += step
         peak = max(peak, running)
     assert peak == 3  # three workers busy at once, never more
+    for worker, own in df.sort_values("trial").groupby("worker"):  # one trial at a time each
+        mine = _intervals(own)
+        assert (mine["start"].to_numpy()[1:] >= mine["end"].to_numpy()[:-1] - 1e-9).all(), worker
+    assert set(df["worker"]) == {"sim:0", "sim:1", "sim:2"}
     total = busy["cost"].sum()
     assert total / 3 <= iv["end"].max() < total  # faster than one worker, at most 3x
     meta = load_meta(parallel_dirs[0])
@@ -243,3 +247,20 @@ def test_latency_comes_from_the_table_and_must_be_measured(tiny_table, table_cop
     assert main(["search", TINY, "--backend", f"table:{table_copy}", "--objectives",
                  "val_top1:max,latency:min", "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "has no latency_ms for 1 architectures yet" in capsys.readouterr().err
+
+
+def test_a_resumed_parallel_simulated_study_does_not_replay_its_first_draws(tiny_table,
+                                                                            tmp_path):
+    """Each simulated worker of a resumed run samples from a stream of its own: with a random
+    sampler, worker i's draws after the resume are not its draws of the first run again."""
+    flags = ("--seed", "2", "--n-workers", "3", "--sampler", "random")
+    first = _search(tiny_table, tmp_path / "r", "--trials", "9", *flags)
+    both = _search(tiny_table, tmp_path / "r", "--trials", "18", *flags).sort_values("trial")
+    later = both[both["trial"] >= 9]
+    for worker in ("sim:0", "sim:1", "sim:2"):
+        before = list(first.sort_values("trial").query("worker == @worker")["params_sampled"])
+        after = list(later.query("worker == @worker")["params_sampled"])
+        assert before and after
+        n = min(len(before), len(after))
+        assert after[:n] != before[:n], worker
+    assert later["params_sampled"].iloc[0] != first.sort_values("trial")["params_sampled"].iloc[0]
