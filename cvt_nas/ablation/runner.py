@@ -195,9 +195,11 @@ class _Objective:
             optuna.trial.TrialState.COMPLETE,)) if _pair(t) == (row, seed)), None)
         if twin is not None:  # another worker finished this pair meanwhile: its result stands
             trial.set_user_attr("duplicate_of", twin)
+        share = result.cpu_share if result.device == "cpu" else None  # a shared CPU shows here
+        busy = f", CPU {share:.0%} of {result.threads} threads" if share is not None else ""
         self.log(f"{tag}: {result.status} val_top1 {result.val_top1} test_top1 "
                  f"{result.test_top1} in {result.wall_time_s:.0f}s "
-                 f"({result.images_per_s or 0:.0f} img/s)" +
+                 f"({result.images_per_s or 0:.0f} img/s{busy})" +
                  (f" error: {result.error}" if result.error else ""))
         if result.status != "complete":
             return float("nan")  # Optuna marks the trial FAIL; the next run retries the pair

@@ -36,6 +36,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from cvt_nas.bench.table import FORMAT, TABLE_COLUMNS
 from cvt_nas.common.atomic import atomic_path, atomic_write_text
 from cvt_nas.common.names import check_name
 from cvt_nas.common.proc import cpu_name
@@ -57,7 +58,6 @@ __all__ = [
     "sample_archs",
 ]
 
-FORMAT = "cvt-bench/1"
 STALE_DRAWS = 5000  # draws in a row without a new feasible architecture: the space is exhausted
 LATENCY_REPEATS = 20
 Log = Callable[[str], None]
@@ -326,10 +326,6 @@ def export(out: str | Path, storage: str, *, space_path: str | Path, epochs: int
     return manifest
 
 
-TABLE_COLUMNS = ("arch_id", "seed", "epoch", "status", "train_loss", "val_top1", "val_top5",
-                 "train_time_s", "eval_time_s", "time_s", "test_top1", "test_top5", "device",
-                 "threads", "trial", "finished_at")
-
 
 def _table_rows(runs: Iterable[tuple[dict[str, Any], list[dict[str, Any]]]]) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
@@ -348,14 +344,15 @@ def _table_rows(runs: Iterable[tuple[dict[str, Any], list[dict[str, Any]]]]) -> 
             last = i == len(hist) - 1 and rec["status"] == "complete"
             rows.append({**base, "epoch": int(h["epoch"]), "train_loss": h.get("train_loss"),
                          "val_top1": h.get("val_top1"), "val_top5": h.get("val_top5"),
-                         "train_time_s": train_s, "eval_time_s": eval_s, "time_s": clock,
+                         "train_time_s": train_s, "eval_time_s": eval_s,
+                         "cpu_time_s": h.get("cpu_s"), "time_s": clock,
                          "test_top1": rec.get("test_top1") if last else None,
                          "test_top5": rec.get("test_top5") if last else None})
     df = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     for col in ("seed", "epoch", "threads", "trial"):
         df[col] = pd.to_numeric(df[col]).astype("Int64")
-    for col in ("train_loss", "val_top1", "val_top5", "train_time_s", "eval_time_s", "time_s",
-                "test_top1", "test_top5"):
+    for col in ("train_loss", "val_top1", "val_top5", "train_time_s", "eval_time_s", "cpu_time_s",
+                "time_s", "test_top1", "test_top5"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     for col in ("arch_id", "status", "device", "finished_at"):
         df[col] = df[col].astype("string")

@@ -32,8 +32,10 @@ MANIFEST_KEYS = ("format", "space", "space_yaml", "train", "epochs")
 ARCH_COLUMNS = ("arch_id", "source", "sample_index", "name", "params", "macs", "latency_ms",
                 "peak_train_mem_mb", "arch")
 TABLE_COLUMNS = ("arch_id", "seed", "epoch", "status", "train_loss", "val_top1", "val_top5",
-                 "train_time_s", "eval_time_s", "time_s", "test_top1", "test_top5", "device",
-                 "threads", "trial", "finished_at")
+                 "train_time_s", "eval_time_s", "cpu_time_s", "time_s", "test_top1", "test_top5",
+                 "device", "threads", "trial", "finished_at")
+# columns added after the format's first tables: NaN when a table predates them
+LATER_TABLE_COLUMNS = ("cpu_time_s",)
 REBUILD = "rebuild it with `cvt-nas bench build SPACE.yaml --out DIR`"
 
 
@@ -305,7 +307,7 @@ def load(path: str | Path) -> Bench:
                                     f"{REBUILD}")
     manifest = _manifest(root / "manifest.json")
     archs = _frame(root / "archs.parquet", ARCH_COLUMNS)
-    table = _frame(root / "table.parquet", TABLE_COLUMNS)
+    table = _frame(root / "table.parquet", TABLE_COLUMNS, later=LATER_TABLE_COLUMNS)
     _check(root, archs, table)
     return Bench(root, manifest, archs.reset_index(drop=True), table.reset_index(drop=True))
 
@@ -332,12 +334,15 @@ def _manifest(path: Path) -> dict[str, Any]:
     return data
 
 
-def _frame(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+def _frame(path: Path, columns: tuple[str, ...], later: tuple[str, ...] = ()) -> pd.DataFrame:
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds for a bad file
         raise ValueError(f"{path}: not a readable parquet file ({type(exc).__name__}); "
                          f"{REBUILD}") from None
+    for c in later:
+        if c not in df.columns:
+            df[c] = pd.Series(float("nan"), index=df.index, dtype="float64")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: column(s) {missing} missing (not a {FORMAT} table); "

@@ -72,6 +72,18 @@ class TrialResult:
         """A plain JSON-able dict."""
         return asdict(self)
 
+    @property
+    def cpu_share(self) -> float | None:
+        """CPU seconds used over the epochs' wall seconds x threads (None when not recorded):
+        near 1 when a CPU run had its threads' cores to itself, far below on a shared machine."""
+        cpu: list[float] = [float(h["cpu_s"]) for h in self.history
+                            if h.get("cpu_s") is not None]
+        wall = sum(float(h.get("time_s") or 0.0) + float(h.get("eval_s") or 0.0)
+                   for h in self.history)
+        if not cpu or len(cpu) < len(self.history) or not wall or not self.threads:
+            return None
+        return sum(cpu) / (wall * self.threads)
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; any other device must exist on this machine.
@@ -112,7 +124,8 @@ def run_trial(
         model_cfg: the architecture; adapted to the dataset with `adapt_config`.
         train_cfg: data, schedule, regularization and device.
         report: called as ``report(epoch, metrics)`` after every epoch's evaluation (epoch from
-            1; metrics has val_top1, val_top5, train_loss, lr, time_s, images_per_s); raise
+            1; metrics has val_top1, val_top5, train_loss, lr, time_s, images_per_s, eval_s
+            and cpu_s: this process's CPU seconds over the epoch's training and evaluation); raise
             `TrialPruned` in it to stop the trial.
         checkpoint_dir: save ``last.pt`` there after every epoch and resume from it if present.
         progress: show a tqdm bar per epoch (for the command line).
@@ -203,13 +216,14 @@ class _Trial:
         for epoch in range(first, self.tcfg.epochs + 1):
             with engine.INIT_LOCK:  # not while another trial of this process draws its weights
                 seed_all(epoch_seed(self.tcfg.seed, epoch, "weights"))
+            cpu = time.process_time()  # every thread of this process
             train_loss, images, seconds, lr = self.train_epoch(epoch)
             metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
             start = time.perf_counter()
             metrics.update(self.evaluate("val") if self.data.num_val else
                            {"val_top1": None, "val_top5": None})
             metrics.update(lr=lr, time_s=seconds, images=images, images_per_s=images / seconds,
-                           eval_s=time.perf_counter() - start)
+                           eval_s=time.perf_counter() - start, cpu_s=time.process_time() - cpu)
             self._record(metrics)
             if self.checkpoint_dir is not None:
                 self._save(epoch)

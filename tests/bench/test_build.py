@@ -93,6 +93,7 @@ def test_table_has_every_run_epoch_and_measurement(table: Path) -> None:
     assert t["val_top1"].between(0, 100).all() and t["test_top1"].between(0, 100).all()
     assert (t["train_time_s"] > 0).all() and (t["eval_time_s"] > 0).all()
     assert (t["time_s"] == t["train_time_s"] + t["eval_time_s"]).all()
+    assert (t["cpu_time_s"] > 0).all()  # the process's CPU seconds over each epoch
     assert (a["latency_ms"] > 0).all() and (a["peak_train_mem_mb"] > 0).all()
     for _, row in a.iterrows():  # the p: columns rebuild each architecture
         params = {c[2:]: row[c] for c in a.columns if c.startswith("p:")}

@@ -24,6 +24,8 @@ def test_load_gives_the_three_parts_and_validates_them(tiny_table):
     assert set(b.table["arch_id"]) <= set(b.archs["arch_id"])
     assert b.param_names and all(not n.startswith("p:") for n in b.param_names)
     assert all(n in b.space().random(0).params for n in b.param_names)
+    assert "cpu_time_s" not in pd.read_parquet(tiny_table / "table.parquet").columns
+    assert b.table["cpu_time_s"].isna().all()  # a table older than the column: NaN, not an error
 
 
 def test_query_by_id_config_and_params_give_the_same_row(tiny_table):

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -71,10 +75,33 @@ def test_report_is_called_after_every_epoch_and_history_matches(one_epoch) -> No
     result, reports = one_epoch
     assert [e for e, _ in reports] == [1]
     metrics = reports[0][1]
-    assert {"val_top1", "val_top5", "train_loss", "lr", "time_s"} <= set(metrics)
+    assert {"val_top1", "val_top5", "train_loss", "lr", "time_s", "eval_s", "cpu_s"} <= set(metrics)
+    assert metrics["cpu_s"] > 0 and result.cpu_share is not None and result.cpu_share > 0
     assert result.history == [metrics]
     record = json.loads(json.dumps(result.to_dict()))  # JSON-able
     assert record["status"] == "complete" and record["history"][0]["epoch"] == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_cpu_share_shows_a_cpu_shared_with_another_process() -> None:
+    """A 1-thread trial pinned to one core beside a busy process pinned there too gets about
+    half the core: its ``cpu_s`` per epoch says so (``cpu_share`` well below 1)."""
+    keep = os.sched_getaffinity(0)
+    core = min(keep)
+    busy = subprocess.Popen([sys.executable, "-c",
+                             f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass"])
+    try:
+        time.sleep(0.5)  # spinning by now
+        assert busy.poll() is None
+        os.sched_setaffinity(0, {core})  # this thread, where a 1-thread trial runs its ops
+        shared = run_trial(TINY, tiny_recipe(threads=1, train_subset=500))
+    finally:
+        os.sched_setaffinity(0, keep)
+        busy.kill()
+        busy.wait()
+    assert shared.status == "complete", shared.error
+    assert all(h["cpu_s"] > 0 for h in shared.history)
+    assert shared.cpu_share is not None and shared.cpu_share < 0.75  # about 0.5
 
 
 def test_resume_gives_the_same_weights_and_seeded_runs_repeat(tmp_path) -> None:
