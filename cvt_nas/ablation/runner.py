@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import random
+import statistics
 import sys
 import time
 from collections import Counter
@@ -29,6 +30,7 @@ from typing import Any
 import optuna
 
 from cvt_nas.ablation.experiment import Experiment, load_experiment
+from cvt_nas.common import fmt
 from cvt_nas.common.gpus import worker_env
 from cvt_nas.common.pool import STOP, run_workers
 from cvt_nas.common.proc import worker_tag
@@ -139,6 +141,19 @@ class _Objective:
         self.grid = _grid(exp, scale, seeds)
         self.overrides, self.log = train_overrides, log
         self.metric = exp.scales[scale].metric
+        self.spent: list[float] = []  # wall seconds of the runs this worker trained
+
+    def progress(self, study: optuna.Study, finished: tuple[str, int] | None) -> str:
+        """``; 35/90 done, about 1 h 12 min left at this worker's pace``: the grid's complete
+        pairs (with ``finished``, not yet told), and the median of this worker's runs times the
+        pairs left (an upper bound when other workers share the grid)."""
+        done = pairs_in_state(study, optuna.trial.TrialState.COMPLETE) | (
+            {finished} if finished else set())
+        total = len(self.grid["row"]) * len(self.grid["seed"])
+        left = max(total - len(done), 0)
+        eta = (f", about {fmt.duration(statistics.median(self.spent) * left)} left at this "
+               "worker's pace" if self.spent and left else "")
+        return f"; {len(done)}/{total} done{eta}"
 
     def __call__(self, trial: optuna.Trial) -> float:
         from cvt_nas.results import make_record, reused_record
@@ -178,7 +193,7 @@ class _Objective:
             trial.set_user_attr("record", record)
             trial.set_user_attr("history", prior.user_attrs.get("history", []))
             self.log(f"{tag}: same run as {source}; reused {self.metric} "
-                     f"{record.get(self.metric)}")
+                     f"{record.get(self.metric)}" + self.progress(study, (row, seed)))
             return _value(record.get(self.metric))
         self.log(f"{tag}: training {r.label!r} ({cfg.arch_id()})")
 
@@ -197,10 +212,13 @@ class _Objective:
             trial.set_user_attr("duplicate_of", twin)
         share = result.cpu_share if result.device == "cpu" else None  # a shared CPU shows here
         busy = f", CPU {share:.0%} of {result.threads} threads" if share is not None else ""
+        if result.status == "complete":
+            self.spent.append(result.wall_time_s)
         self.log(f"{tag}: {result.status} val_top1 {result.val_top1} test_top1 "
                  f"{result.test_top1} in {result.wall_time_s:.0f}s "
                  f"({result.images_per_s or 0:.0f} img/s{busy})" +
-                 (f" error: {result.error}" if result.error else ""))
+                 (f" error: {result.error}" if result.error else "") +
+                 self.progress(study, (row, seed) if result.status == "complete" else None))
         if result.status != "complete":
             return float("nan")  # Optuna marks the trial FAIL; the next run retries the pair
         return _value(record.get(self.metric))

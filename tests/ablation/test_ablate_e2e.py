@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -31,6 +32,13 @@ def test_table7_tiny_end_to_end_and_resume(tmp_path: Path,
     out = tmp_path / "table7"
     args = ["ablate", str(EXPERIMENT), "--scale", "reduced", "--out", str(out), *TINY]
     assert main(args) == 0
+    log = capsys.readouterr().out.splitlines()
+    ends = [line for line in log if ": complete val_top1" in line]
+    assert len(ends) == 2
+    # each finished run says how far the grid is, and the first how long the rest should take
+    assert "; 1/2 done, about " in ends[0] and "left at this worker's pace" in ends[0]
+    assert ends[1].endswith("; 2/2 done")
+    assert all(re.search(r"img/s, CPU \d+% of \d+ threads\)", line) for line in ends)
     table = pd.read_csv(out / "table.csv").set_index("row")
     assert list(table.index) == ["a", "b"]
     assert (table["seeds"] == 1).all()
