@@ -12,6 +12,7 @@ costs. Query it without training anything::
     table_front(b, {"val_top1": "max", "macs": "min"})  # the brute-force front, hypervolume
     rank_agreement(b)                             # Kendall tau of early vs final epochs
     seed_agreement(b)                             # the seed noise those are read against
+    summary(b)                                    # what it holds (`cvt-nas bench show DIR`)
 
 ``cvt-nas search SPACE.yaml --backend table:DIR`` answers a search's trials from a table
 (`cvt_nas.search.table_backend`). Torch-free.
@@ -21,12 +22,14 @@ from __future__ import annotations
 
 from cvt_nas.bench.analysis import (
     Front,
+    cpu_shares,
     kendall_tau,
     rank_agreement,
     seed_agreement,
+    summary,
     table_front,
 )
 from cvt_nas.bench.table import FORMAT, Bench, Result, load
 
-__all__ = ["FORMAT", "Bench", "Front", "Result", "kendall_tau", "load", "rank_agreement",
-           "seed_agreement", "table_front"]
+__all__ = ["FORMAT", "Bench", "Front", "Result", "cpu_shares", "kendall_tau", "load",
+           "rank_agreement", "seed_agreement", "summary", "table_front"]

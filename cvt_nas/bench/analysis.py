@@ -1,4 +1,8 @@
-"""What a table says on its own: its full Pareto front and how early epochs rank architectures.
+"""What a table says on its own: its contents, its full Pareto front and how early epochs rank
+architectures.
+
+`summary` is what `cvt-nas bench show DIR` prints: how much of the asked-for table is trained,
+the accuracy and run-time ranges, and which runs were timed on a shared CPU.
 
 `table_front` is the brute-force reference a simulated search is normalized against: the
 hypervolume of every complete run's final point. `rank_agreement` answers "does a 1- or 2-epoch
@@ -12,12 +16,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cvt_nas.bench.table import Bench
-from cvt_nas.results import default_reference, hypervolume, pareto_front
+from cvt_nas.results import DEFAULT_OBJECTIVES, default_reference, hypervolume, pareto_front
 
 
 @dataclass(frozen=True)
@@ -139,4 +144,65 @@ def seed_agreement(bench: Bench, metric: str = "val_top1") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-__all__ = ["Front", "kendall_tau", "rank_agreement", "seed_agreement", "table_front"]
+SHARED_CPU = 0.9  # a CPU run that used less than this share of its threads' time was not alone
+
+
+def cpu_shares(bench: Bench) -> pd.DataFrame:
+    """Per CPU run with ``cpu_time_s`` recorded for every epoch: ``arch_id``, ``seed``,
+    ``cpu_share`` (its CPU seconds over its wall seconds x threads; near 1 alone on its cores,
+    far below when shared)."""
+    t = bench.table[bench.table["device"].str.startswith("cpu") & (bench.table["epoch"] > 0)]
+    columns = ["arch_id", "seed", "cpu_share"]
+    t = t.assign(wall=t["train_time_s"] + t["eval_time_s"])
+    g = t.groupby(["arch_id", "seed"], sort=True).agg(
+        cpu=("cpu_time_s", "sum"), counted=("cpu_time_s", "count"), epochs=("epoch", "size"),
+        wall=("wall", "sum"), threads=("threads", "first"))
+    g = g[g["counted"] == g["epochs"]]
+    if g.empty:
+        return pd.DataFrame(columns=columns)
+    share = g["cpu"] / (g["wall"] * g["threads"].astype("float64"))
+    return share.rename("cpu_share").reset_index()[columns]
+
+
+def summary(bench: Bench, objectives: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What a table holds, as plain numbers (`cvt-nas bench show DIR`, ``--json``).
+
+    Keys: ``path``, ``space``, ``epochs``, ``dataset``, ``devices``; ``archs_asked`` (sampled +
+    named, from the manifest), ``archs`` (with a complete run), ``runs`` (complete),
+    ``failed`` (runs that ended otherwise), ``seeds`` ({seeds: architectures with that many
+    complete seeds}); ``val_top1``, ``test_top1`` (min, max of complete runs at their last
+    epoch), ``run_s`` (min, median, max of their train + eval seconds); ``cpu_runs`` (runs
+    with their CPU share recorded), ``shared_cpu`` (those below `SHARED_CPU`: arch_id, seed,
+    share); ``front`` (runs on the table's Pareto front under ``objectives``, default
+    `cvt_nas.results.DEFAULT_OBJECTIVES`: val_top1 max, macs min).
+    """
+    m, final = bench.manifest, bench.final()
+    runs = bench.table.drop_duplicates(["arch_id", "seed"])
+    seeds = final.groupby("arch_id")["seed"].nunique().value_counts().sort_index()
+    shares = cpu_shares(bench)
+    shared = shares[shares["cpu_share"] < SHARED_CPU]
+
+    def span(col: str) -> list[float] | None:
+        v = final[col].dropna()
+        return [float(v.min()), float(v.max())] if len(v) else None
+
+    return {
+        "path": str(bench.path), "space": m.get("space"), "epochs": bench.epochs,
+        "dataset": m.get("dataset"), "devices": list(m.get("devices") or []),
+        "archs_asked": int(m.get("archs_sampled") or 0) + len(m.get("named") or []),
+        "archs": int(final["arch_id"].nunique()), "runs": len(final),
+        "failed": int((runs["status"] != "complete").sum()),
+        "seeds": {int(k): int(v) for k, v in seeds.items()},
+        "val_top1": span("val_top1"), "test_top1": span("test_top1"),
+        "run_s": ([float(final["time_s"].min()), float(final["time_s"].median()),
+                   float(final["time_s"].max())] if len(final) else None),
+        "cpu_runs": len(shares),
+        "shared_cpu": [{"arch_id": r.arch_id, "seed": int(r.seed), "share": float(r.cpu_share)}
+                       for r in shared.itertuples()],
+        "front": (len(table_front(bench, objectives or DEFAULT_OBJECTIVES).points)
+                  if len(final) else 0),
+    }
+
+
+__all__ = ["SHARED_CPU", "Front", "cpu_shares", "kendall_tau",
+           "rank_agreement", "seed_agreement", "summary", "table_front"]

@@ -1,9 +1,12 @@
-"""`cvt-nas bench build SPACE.yaml --archs N --seeds S --out DIR`: train a CvT-Bench table."""
+"""`cvt-nas bench build SPACE.yaml --archs N --seeds S --out DIR`: train a CvT-Bench table;
+`cvt-nas bench show DIR`: what a table holds."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
 from cvt_nas.commands._common import (
     GPUS_HELP,
@@ -19,7 +22,8 @@ from cvt_nas.results.io import check_out_dir
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench", help="CvT-Bench: tabular benchmarks of trained CvTs",
-        description="Build a table of trained architectures of a search space (docs/bench.md).",
+        description="Build a table of trained architectures of a search space, or show what "
+                    "one holds (docs/bench.md).",
     )
     bench = p.add_subparsers(dest="bench_command", required=True)
     b = bench.add_parser(
@@ -54,6 +58,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="TrainConfig field for every run that changes where it runs, e.g. "
                         "--set device=cuda or --set data_root=/data")
     b.set_defaults(func=run_build)
+    s = bench.add_parser(
+        "show", help="what a table holds: architectures, runs, seeds, ranges, shared-CPU runs",
+        description="Print what a CvT-Bench table holds: how many of the asked-for architectures "
+                    "have a complete run, runs and seeds, accuracy and run-time ranges, runs "
+                    "timed on a shared CPU, and its Pareto front's size.",
+    )
+    s.add_argument("dir", help="the table's folder, e.g. benchmarks/cvtbench/cvt_micro")
+    s.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
+    s.set_defaults(func=run_show)
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -80,3 +93,41 @@ def run_build(args: argparse.Namespace) -> int:
           n_workers=args.n_workers, threads=args.threads, train_overrides=overrides, gpus=gpus,
           train_runs=not args.no_train)
     return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from cvt_nas.bench import load, summary
+
+    info = summary(load(args.dir))
+    print(json.dumps(info, indent=1) if args.json else "\n".join(describe(info)))
+    return 0
+
+
+def describe(info: dict[str, Any]) -> list[str]:
+    """`summary`'s numbers as the lines `cvt-nas bench show` prints."""
+    from cvt_nas.bench.analysis import SHARED_CPU
+    from cvt_nas.common.fmt import duration
+
+    seeds = ", ".join(f"{n} with {k} seed{'s' if k > 1 else ''}"
+                      for k, n in sorted(info["seeds"].items()))
+    lines = [f"{info['path']}: space {info['space']}, {info['dataset']}, "
+             f"{info['epochs']} epochs",
+             f"  architectures: {info['archs']} of {info['archs_asked']} asked for have a "
+             "complete run",
+             f"  runs: {info['runs']} complete, {info['failed']} failed"
+             + (f"; {seeds}" if seeds else "")]
+    if info["val_top1"]:
+        (v0, v1), (t0, t1) = info["val_top1"], info["test_top1"] or (float("nan"),) * 2
+        lo, mid, hi = info["run_s"]
+        lines += [f"  val top-1 {v0:.2f}-{v1:.2f} %, test top-1 {t0:.2f}-{t1:.2f} % (each "
+                  "run's last epoch)",
+                  f"  run time {duration(lo)} to {duration(hi)}, median {duration(mid)} "
+                  "(train + eval)"]
+    shared = info["shared_cpu"]
+    lines.append(f"  CPU share recorded for {info['cpu_runs']} runs; {len(shared)} below "
+                 f"{SHARED_CPU:.0%} (timed on a shared CPU)"
+                 + "".join(f"\n    {r['arch_id']} seed {r['seed']}: {r['share']:.0%}"
+                           for r in shared))
+    lines.append(f"  Pareto front (val_top1 max, macs min): {info['front']} runs")
+    lines.append(f"  devices: {'; '.join(info['devices']) or 'none recorded'}")
+    return lines

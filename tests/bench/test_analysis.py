@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
+import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cvt_nas.bench import kendall_tau, load, rank_agreement, seed_agreement, table_front
+from cvt_nas.bench import (
+    cpu_shares,
+    kendall_tau,
+    load,
+    rank_agreement,
+    seed_agreement,
+    summary,
+    table_front,
+)
+from cvt_nas.cli import main
 from cvt_nas.results import hypervolume_points
 
 OBJ = {"val_top1": "max", "macs": "min"}
@@ -86,3 +97,60 @@ def test_seed_agreement_is_empty_without_an_architecture_run_twice(table_copy):
     table[table["seed"] == 0].to_parquet(table_copy / "table.parquet")
     noise = seed_agreement(load(table_copy))
     assert noise.empty and "seed_std" in noise.columns
+
+
+def test_summary_counts_the_table_by_brute_force(tiny_table):
+    b = load(tiny_table)
+    info = summary(b)
+    runs: dict[tuple[str, int], list] = {}
+    for r in b.table.itertuples():
+        runs.setdefault((r.arch_id, int(r.seed)), []).append(r)
+    complete = {k: max(v, key=lambda r: r.epoch) for k, v in runs.items()
+                if v[0].status == "complete"}
+    assert info["runs"] == len(complete) and info["failed"] == len(runs) - len(complete)
+    assert info["archs"] == len({a for a, _ in complete})
+    per_arch: dict[str, int] = {}
+    for a, _ in complete:
+        per_arch[a] = per_arch.get(a, 0) + 1
+    assert info["seeds"] == {n: sum(1 for v in per_arch.values() if v == n)
+                             for n in set(per_arch.values())}
+    vals = [r.val_top1 for r in complete.values()]
+    assert info["val_top1"] == [min(vals), max(vals)]
+    assert info["run_s"][0] == min(r.time_s for r in complete.values())
+    assert info["front"] == len(table_front(b, OBJ).points)
+    assert info["archs_asked"] == b.manifest["archs_sampled"] + len(b.manifest["named"])
+    assert info["cpu_runs"] == 0 and info["shared_cpu"] == []  # the table predates cpu_time_s
+
+
+def test_runs_timed_on_a_shared_cpu_are_named(table_copy):
+    t = pd.read_parquet(table_copy / "table.parquet")
+    wall = (t["train_time_s"] + t["eval_time_s"]) * t["threads"]
+    first = (t["arch_id"] == t["arch_id"].iloc[0]) & (t["seed"] == t["seed"].iloc[0])
+    t["cpu_time_s"] = np.where(first, 0.5 * wall, 0.98 * wall)  # one run got half its cores
+    t.loc[t.index[-1], "cpu_time_s"] = np.nan  # a run without the count is not judged
+    t.to_parquet(table_copy / "table.parquet")
+    b = load(table_copy)
+    shares = cpu_shares(b)
+    unjudged = (t["arch_id"].iloc[-1], int(t["seed"].iloc[-1]))
+    judged = {(a, int(s)) for a, s in zip(t["arch_id"], t["seed"], strict=True)} - {unjudged}
+    assert set(zip(shares["arch_id"], shares["seed"], strict=True)) == judged
+    info = summary(b)
+    assert info["cpu_runs"] == len(judged)
+    assert info["shared_cpu"] == [{"arch_id": t["arch_id"].iloc[0],
+                                   "seed": int(t["seed"].iloc[0]), "share": 0.5}]
+
+
+def test_bench_show_prints_the_summary_and_refuses_what_is_not_a_table(tiny_table, tmp_path,
+                                                                       capsys):
+    assert main(["bench", "show", str(tiny_table), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info == json.loads(json.dumps(summary(load(tiny_table))))
+    assert main(["bench", "show", str(tiny_table)]) == 0
+    out = capsys.readouterr().out
+    assert f"{info['archs']} of {info['archs_asked']} asked for" in out
+    assert f"{info['runs']} complete" in out and "Pareto front" in out
+    (tmp_path / "empty").mkdir()
+    for bad in (tmp_path / "missing", tmp_path / "empty"):
+        assert main(["bench", "show", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert str(bad) in err and "cvt-nas bench build" in err and len(err.splitlines()) == 1
