@@ -145,12 +145,15 @@ class _Objective:
 
     def progress(self, study: optuna.Study, finished: tuple[str, int] | None) -> str:
         """``; 35/90 done, about 1 h 12 min left at this worker's pace``: the grid's complete
-        pairs (with ``finished``, not yet told), and the median of this worker's runs times the
-        pairs left (an upper bound when other workers share the grid)."""
-        done = pairs_in_state(study, optuna.trial.TrialState.COMPLETE) | (
-            {finished} if finished else set())
-        total = len(self.grid["row"]) * len(self.grid["seed"])
-        left = max(total - len(done), 0)
+        pairs (with ``finished``, not yet told) of those not given up on (`MAX_FAILURES`), and
+        the median of this worker's runs times the pairs left (an upper bound when other
+        workers share the grid)."""
+        grid = {(r, s) for r in self.grid["row"] for s in self.grid["seed"]}
+        done = grid & (pairs_in_state(study, optuna.trial.TrialState.COMPLETE)
+                       | ({finished} if finished else set()))
+        failures = failed_pairs(study)
+        total = len(grid) - sum(1 for p in grid - done if failures[p] >= MAX_FAILURES)
+        left = total - len(done)
         eta = (f", about {fmt.duration(statistics.median(self.spent) * left)} left at this "
                "worker's pace" if self.spent and left else "")
         return f"; {len(done)}/{total} done{eta}"

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cvt_nas.bench.table import Bench
+from cvt_nas.common.proc import cpu_share
 from cvt_nas.results import DEFAULT_OBJECTIVES, default_reference, hypervolume, pareto_front
 
 
@@ -148,10 +149,11 @@ SHARED_CPU = 0.9  # a CPU run that used less than this share of its threads' tim
 
 
 def cpu_shares(bench: Bench) -> pd.DataFrame:
-    """Per CPU run with ``cpu_time_s`` recorded for every epoch: ``arch_id``, ``seed``,
-    ``cpu_share`` (its CPU seconds over its wall seconds x threads; near 1 alone on its cores,
-    far below when shared)."""
-    t = bench.table[bench.table["device"].str.startswith("cpu") & (bench.table["epoch"] > 0)]
+    """Per complete CPU run with ``cpu_time_s`` recorded for every epoch: ``arch_id``,
+    ``seed``, ``cpu_share`` (`cvt_nas.common.proc.cpu_share`: its CPU seconds over its wall
+    seconds x threads; near 1 alone on its cores, far below when shared)."""
+    t = bench.table[bench.table["device"].str.startswith("cpu") & (bench.table["epoch"] > 0)
+                    & (bench.table["status"] == "complete")]
     columns = ["arch_id", "seed", "cpu_share"]
     t = t.assign(wall=t["train_time_s"] + t["eval_time_s"])
     g = t.groupby(["arch_id", "seed"], sort=True).agg(
@@ -160,16 +162,18 @@ def cpu_shares(bench: Bench) -> pd.DataFrame:
     g = g[g["counted"] == g["epochs"]]
     if g.empty:
         return pd.DataFrame(columns=columns)
-    share = g["cpu"] / (g["wall"] * g["threads"].astype("float64"))
-    return share.rename("cpu_share").reset_index()[columns]
+    g = g.assign(cpu_share=[cpu_share(c, w, n) for c, w, n in zip(
+        g["cpu"], g["wall"], g["threads"].astype("float64"), strict=True)])
+    return g.reset_index()[columns]
 
 
 def summary(bench: Bench, objectives: Mapping[str, str] | None = None) -> dict[str, Any]:
     """What a table holds, as plain numbers (`cvt-nas bench show DIR`, ``--json``).
 
-    Keys: ``path``, ``space``, ``epochs``, ``dataset``, ``devices``; ``archs_asked`` (sampled +
-    named, from the manifest), ``archs`` (with a complete run), ``runs`` (complete),
-    ``failed`` (runs that ended otherwise), ``seeds`` ({seeds: architectures with that many
+    Keys: ``path``, ``space``, ``epochs``, ``dataset``, ``devices``; ``archs_asked`` (distinct
+    architectures the largest build asked for, from the manifest), ``archs`` (with a complete
+    run), ``runs`` (complete), ``failed`` (failed attempts of pairs with no complete run, as
+    the manifest counts them), ``seeds`` ({seeds: architectures with that many
     complete seeds}); ``val_top1``, ``test_top1`` (min, max of complete runs at their last
     epoch), ``run_s`` (min, median, max of their train + eval seconds); ``cpu_runs`` (runs
     with their CPU share recorded), ``shared_cpu`` (those below `SHARED_CPU`: arch_id, seed,
@@ -177,7 +181,11 @@ def summary(bench: Bench, objectives: Mapping[str, str] | None = None) -> dict[s
     `cvt_nas.results.DEFAULT_OBJECTIVES`: val_top1 max, macs min).
     """
     m, final = bench.manifest, bench.final()
-    runs = bench.table.drop_duplicates(["arch_id", "seed"])
+    failed = bench.table[bench.table["status"] != "complete"].drop_duplicates(
+        ["arch_id", "seed", "trial"])
+    asked = m.get("archs_asked")  # tables exported before it: the sample plus named rows
+    if asked is None:
+        asked = int(m.get("archs_sampled") or 0) + int((bench.archs["source"] == "named").sum())
     seeds = final.groupby("arch_id")["seed"].nunique().value_counts().sort_index()
     shares = cpu_shares(bench)
     shared = shares[shares["cpu_share"] < SHARED_CPU]
@@ -189,9 +197,8 @@ def summary(bench: Bench, objectives: Mapping[str, str] | None = None) -> dict[s
     return {
         "path": str(bench.path), "space": m.get("space"), "epochs": bench.epochs,
         "dataset": m.get("dataset"), "devices": list(m.get("devices") or []),
-        "archs_asked": int(m.get("archs_sampled") or 0) + len(m.get("named") or []),
-        "archs": int(final["arch_id"].nunique()), "runs": len(final),
-        "failed": int((runs["status"] != "complete").sum()),
+        "archs_asked": int(asked),
+        "archs": int(final["arch_id"].nunique()), "runs": len(final), "failed": len(failed),
         "seeds": {int(k): int(v) for k, v in seeds.items()},
         "val_top1": span("val_top1"), "test_top1": span("test_top1"),
         "run_s": ([float(final["time_s"].min()), float(final["time_s"].median()),

@@ -472,6 +472,7 @@ def _manifest(out: Path, space: SearchSpace, space_path: str | Path, train: Trai
         "archs_sampled": max([a.sample_index + 1 for a in known.values()]
                              + [int(old.get("archs_sampled", 0))]),
         "named": named,
+        "archs_asked": max(len(known), int(old.get("archs_asked", 0))),
         "seeds": max([k[1] + 1 for k in runs] + [int(old.get("seeds", 0))]),
         "software": {"python": platform.python_version(), "torch": torch.__version__,
                      "timm": timm.__version__, "optuna": optuna.__version__,

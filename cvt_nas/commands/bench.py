@@ -107,6 +107,7 @@ def describe(info: dict[str, Any]) -> list[str]:
     """`summary`'s numbers as the lines `cvt-nas bench show` prints."""
     from cvt_nas.bench.analysis import SHARED_CPU
     from cvt_nas.common.fmt import duration
+    from cvt_nas.results import DEFAULT_OBJECTIVES
 
     seeds = ", ".join(f"{n} with {k} seed{'s' if k > 1 else ''}"
                       for k, n in sorted(info["seeds"].items()))
@@ -116,18 +117,23 @@ def describe(info: dict[str, Any]) -> list[str]:
              "complete run",
              f"  runs: {info['runs']} complete, {info['failed']} failed"
              + (f"; {seeds}" if seeds else "")]
-    if info["val_top1"]:
-        (v0, v1), (t0, t1) = info["val_top1"], info["test_top1"] or (float("nan"),) * 2
+    ranges = []
+    for name, key in (("val top-1", "val_top1"), ("test top-1", "test_top1")):
+        if info[key]:
+            lo, hi = info[key]
+            ranges.append(f"{name} {lo:.2f}-{hi:.2f} %")
+    if ranges:
+        lines.append(f"  {', '.join(ranges)} (each run's last epoch)")
+    if info["run_s"]:
         lo, mid, hi = info["run_s"]
-        lines += [f"  val top-1 {v0:.2f}-{v1:.2f} %, test top-1 {t0:.2f}-{t1:.2f} % (each "
-                  "run's last epoch)",
-                  f"  run time {duration(lo)} to {duration(hi)}, median {duration(mid)} "
-                  "(train + eval)"]
+        lines.append(f"  run time {duration(lo)} to {duration(hi)}, median {duration(mid)} "
+                     "(train + eval)")
     shared = info["shared_cpu"]
     lines.append(f"  CPU share recorded for {info['cpu_runs']} runs; {len(shared)} below "
                  f"{SHARED_CPU:.0%} (timed on a shared CPU)"
                  + "".join(f"\n    {r['arch_id']} seed {r['seed']}: {r['share']:.0%}"
                            for r in shared))
-    lines.append(f"  Pareto front (val_top1 max, macs min): {info['front']} runs")
+    objectives = ", ".join(f"{k} {v}" for k, v in DEFAULT_OBJECTIVES.items())
+    lines.append(f"  Pareto front ({objectives}): {info['front']} runs")
     lines.append(f"  devices: {'; '.join(info['devices']) or 'none recorded'}")
     return lines

@@ -12,8 +12,8 @@ import os
 import socket
 from typing import NamedTuple
 
-__all__ = ["WorkerTag", "alive", "cpu_name", "is_local", "parse_tag", "start_time",
-           "worker_tag"]
+__all__ = ["WorkerTag", "alive", "cpu_name", "cpu_share", "is_local", "parse_tag",
+           "start_time", "worker_tag"]
 
 
 class WorkerTag(NamedTuple):
@@ -84,3 +84,12 @@ def cpu_name() -> str:
     import platform
 
     return platform.processor() or "unknown CPU"
+
+
+def cpu_share(cpu_s: float, wall_s: float, threads: int | float | None) -> float | None:
+    """CPU seconds a process used over the ``wall_s x threads`` it could have: near 1 for a
+    CPU-bound run alone on its cores, far below when it shared them (None without a wall time
+    or a thread count). Only this process counts: DataLoader worker processes do not."""
+    if not wall_s or not threads or threads != threads:  # NaN threads
+        return None
+    return float(cpu_s) / (float(wall_s) * float(threads))

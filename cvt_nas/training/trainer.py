@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cvt_nas.common.proc import cpu_share
 from cvt_nas.model.config import CvTConfig
 from cvt_nas.model.cost import Cost, analytic_cost
 from cvt_nas.training import engine
@@ -74,15 +75,15 @@ class TrialResult:
 
     @property
     def cpu_share(self) -> float | None:
-        """CPU seconds used over the epochs' wall seconds x threads (None when not recorded):
+        """`cvt_nas.common.proc.cpu_share` of the epochs run (None when one lacks ``cpu_s``):
         near 1 when a CPU run had its threads' cores to itself, far below on a shared machine."""
         cpu: list[float] = [float(h["cpu_s"]) for h in self.history
                             if h.get("cpu_s") is not None]
+        if not cpu or len(cpu) < len(self.history):
+            return None
         wall = sum(float(h.get("time_s") or 0.0) + float(h.get("eval_s") or 0.0)
                    for h in self.history)
-        if not cpu or len(cpu) < len(self.history) or not wall or not self.threads:
-            return None
-        return sum(cpu) / (wall * self.threads)
+        return cpu_share(sum(cpu), wall, self.threads)
 
 
 def resolve_device(name: str) -> torch.device:

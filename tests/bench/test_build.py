@@ -102,7 +102,7 @@ def test_table_has_every_run_epoch_and_measurement(table: Path) -> None:
         assert sample.arch_id == row["arch_id"]
         assert sample.model is not None and row["params"] == space.cost(sample.model).params
     assert m["format"] == FORMAT and m["space"] == "tiny" and m["epochs"] == 1
-    assert m["counts"] == {"archs": 3, "runs": 3, "failed": 0}
+    assert m["counts"] == {"archs": 3, "runs": 3, "failed": 0} and m["archs_asked"] == 3
     assert m["pinned"] == {"lr": 0.002} and m["train"]["lr"] == 0.002
     assert m["archs_sampled"] == 3 and m["seeds"] == 1 and m["devices"][0].startswith("cpu")
 

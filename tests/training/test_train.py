@@ -11,7 +11,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -88,11 +87,11 @@ def test_cpu_share_shows_a_cpu_shared_with_another_process() -> None:
     half the core: its ``cpu_s`` per epoch says so (``cpu_share`` well below 1)."""
     keep = os.sched_getaffinity(0)
     core = min(keep)
-    busy = subprocess.Popen([sys.executable, "-c",
-                             f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass"])
+    busy = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, "
+                             f"{{{core}}})\nprint('ready', flush=True)\nwhile True: pass"],
+                            stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)  # spinning by now
-        assert busy.poll() is None
+        assert busy.stdout is not None and busy.stdout.readline().strip() == "ready"
         os.sched_setaffinity(0, {core})  # this thread, where a 1-thread trial runs its ops
         shared = run_trial(TINY, tiny_recipe(threads=1, train_subset=500))
     finally:
