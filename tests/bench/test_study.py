@@ -71,3 +71,30 @@ def test_a_method_s_workers_must_be_a_whole_number(tmp_path, capsys):
     assert _study().main([str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "methods.random.workers: 0; give a whole number >= 1" in err[0]
+
+
+def test_many_workers_beating_random_on_the_clock_is_not_the_half_budget_target():
+    """A method with W workers reaches random's final value in less simulated (wall-clock)
+    time because it runs W trials at once: the README says so and does not count it; the same
+    time on one worker, or half the trials, does count."""
+    from types import SimpleNamespace
+
+    study = _study()
+    methods = [study.Method("random", "random"), study.Method("tpe-8w", "tpe", workers=8),
+               study.Method("tpe", "tpe"), study.Method("nsga2", "nsga2")]
+    cfg = {"trials": 4, "methods": methods, "table": "t", "objectives": {"val_top1": "max"}}
+    table = pd.DataFrame({"method": [m.name for m in methods], "workers": [1, 8, 1, 1],
+                          "seeds": 2, "hv@4": [0.9, 0.95, 0.95, 0.95],
+                          "trials_to_random_final": [4, 4, 4, 2],
+                          "time_to_random_final": [1.0, 0.2, 0.4, 0.9]})
+    grid = [0.0, 1.0]
+    facts = {"target": 0.9, "random_time_s": 1.0, "grid": grid,
+             "trial_mean": {m.name: [0.5, 0.6, 0.7, 0.9] for m in methods},
+             "time_mean": {m.name: [0.5, 0.9] for m in methods}}
+    bench = SimpleNamespace(manifest={"space": "s"}, archs=[1, 2], epochs=2)
+    front = SimpleNamespace(runs=2, points=[1])
+    text = study.readme(cfg, bench, front, table, facts, pd.DataFrame(), pd.DataFrame(), "cmd")
+    assert "The target is **met by tpe, nsga2**." in text  # tpe by time, nsga2 by trials
+    line = next(x for x in text.splitlines() if x.startswith("- tpe-8w:"))
+    assert "20% of random's simulated time" in line and "not a same-compute budget" in line
+    assert "runs W trials at once" in text
