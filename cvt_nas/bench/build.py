@@ -326,7 +326,6 @@ def export(out: str | Path, storage: str, *, space_path: str | Path, epochs: int
     return manifest
 
 
-
 def _table_rows(runs: Iterable[tuple[dict[str, Any], list[dict[str, Any]]]]) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for rec, hist in runs:
