@@ -33,7 +33,7 @@ from cvt_nas.ablation.experiment import Experiment, load_experiment
 from cvt_nas.common import fmt
 from cvt_nas.common.gpus import worker_env
 from cvt_nas.common.pool import STOP, run_workers
-from cvt_nas.common.proc import worker_tag
+from cvt_nas.common.proc import cpu_name, worker_tag
 from cvt_nas.common.storage import fail_dead_trials, open_storage
 from cvt_nas.results.records import TRAIN_PREFIX
 
@@ -272,12 +272,13 @@ def _worker(path: str, scale: str, seeds: int, storage: str, threads: int | None
     objective = _Objective(exp, scale, seeds, threads, train_overrides, _print)
     pairs = [(r, s) for r in objective.grid["row"] for s in objective.grid["seed"]]
     rng = random.Random(worker)
-    tag = worker_tag()
+    tag, cpu = worker_tag(), cpu_name()
     current: list[optuna.Trial] = []
 
     def tagged(trial: optuna.Trial) -> float:
         current[:] = [trial]
         trial.set_user_attr("worker", tag)  # a trial of a dead worker is told by it
+        trial.set_user_attr("cpu", cpu)  # what its times were measured on (a table's manifest)
         return objective(trial)
 
     waiting: set[int] = set()

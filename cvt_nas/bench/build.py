@@ -36,13 +36,19 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from cvt_nas.bench.table import FORMAT, TABLE_COLUMNS
+from cvt_nas.bench.table import (
+    EXECUTION_FIELDS,
+    FORMAT,
+    TABLE_COLUMNS,
+    recipe_numbers,
+    table_identity,
+)
 from cvt_nas.common.atomic import atomic_path, atomic_write_text
 from cvt_nas.common.names import check_name
 from cvt_nas.common.proc import cpu_name
 from cvt_nas.model.config import CvTConfig
 from cvt_nas.model.presets import get_config
-from cvt_nas.results.records import arch_json
+from cvt_nas.results.records import TRAIN_PREFIX, arch_json, flatten_train
 from cvt_nas.space import SearchSpace, load_space
 from cvt_nas.space.sampling import FixedSuggest, RandomSuggest
 from cvt_nas.training.config import TrainConfig, get_recipe
@@ -234,7 +240,7 @@ def build(space_path: str | Path, out: str | Path, *, archs: int, seeds: int = 1
         log: progress lines.
     """
     from cvt_nas.ablation.experiment import load_experiment
-    from cvt_nas.ablation.runner import run_experiment
+    from cvt_nas.ablation.runner import open_study, run_experiment
 
     out = Path(out)
     space = load_space(space_path)
@@ -245,10 +251,13 @@ def build(space_path: str | Path, out: str | Path, *, archs: int, seeds: int = 1
     exp_path = write_experiment(chosen, space, train, out, name, seeds)
     storage = storage or default_storage(out)
     if train_runs:
+        exp = load_experiment(exp_path)
+        _claim_study(open_study(exp, "reduced", seeds, storage),
+                     table_identity(_sha(space), train.to_dict(), sample_seed), storage)
         log(f"cvt-nas bench build: {len(chosen)} architectures x {seeds} seed(s), {epochs} "
             f"epochs, into {out}")
-        run_experiment(load_experiment(exp_path), "reduced", seeds, storage,
-                       n_workers=n_workers, threads=threads, gpus=gpus)
+        run_experiment(exp, "reduced", seeds, storage, n_workers=n_workers, threads=threads,
+                       gpus=gpus)
     return export(out, storage, space_path=space_path, epochs=epochs, sample_seed=sample_seed,
                   archs=chosen, train=train, log=log)
 
@@ -256,25 +265,59 @@ def build(space_path: str | Path, out: str | Path, *, archs: int, seeds: int = 1
 def _check_manifest(out: Path, space: SearchSpace, train: TrainConfig, sample_seed: int) -> None:
     """A table grows only with runs of its own space, recipe and sample."""
     path = out / "manifest.json"
-    if not path.exists():
+    m = _read_manifest(path)
+    if m is None:
         return
-    m = json.loads(path.read_text())
-    mine = {"space_sha256": _sha(space), "train": _numbers(train.to_dict()),
-            "sample_seed": sample_seed}
-    theirs = {"space_sha256": m.get("space_sha256"), "train": _numbers(m.get("train", {})),
-              "sample_seed": m.get("sample_seed")}
-    for key, value in mine.items():
-        if theirs[key] != value:
-            raise ValueError(f"{path}: this table was built with a different {key} "
-                             f"({theirs[key]!r}, now {value!r}); use another --out")
+
+    def refuse(what: str) -> ValueError:
+        return ValueError(f"{path}: this table was built with a different {what}; use another "
+                          "--out")
+
+    if m.get("space_sha256") != _sha(space):
+        raise refuse(f"space_sha256 ({m.get('space_sha256')!r}, now {_sha(space)!r})")
+    now, built = recipe_numbers(train.to_dict()), recipe_numbers(m.get("train", {}))
+    if built != now:  # name the fields, not two 30-field dicts
+        raise refuse("train (" + ", ".join(f"{f} {built.get(f)!r}, now {now.get(f)!r}"
+                                           for f in sorted(set(now) | set(built))
+                                           if built.get(f) != now.get(f)) + ")")
+    if m.get("sample_seed") != sample_seed:
+        raise refuse(f"sample_seed ({m.get('sample_seed')!r}, now {sample_seed!r})")
 
 
-_EXECUTION = ("seed", "threads", "num_workers", "device", "data_root", "download", "engine",
-              "precision")
+IDENTITY_ATTR = "bench_table"  # study user attribute: the `table_identity` its runs belong to
 
 
-def _numbers(train: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in train.items() if k not in _EXECUTION}
+def _claim_study(study: Any, identity: str, storage: str) -> None:
+    """Stamp a build's study with its table; refuse one that holds another table's runs (a
+    storage shared by tables of another recipe or sample under the same study name)."""
+    from cvt_nas.common.storage import redact
+
+    stamped = study.user_attrs.get(IDENTITY_ATTR)
+    if stamped is None:  # a new study, or one made before studies were stamped
+        study.set_user_attr(IDENTITY_ATTR, identity)
+    elif stamped != identity:
+        raise ValueError(f"{redact(storage)}: study {study.study_name!r} holds the runs of "
+                         "another table (a different space, recipe or --sample-seed); give "
+                         "this table its own --storage (default: DIR/bench.db)")
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    """A table's manifest, or None when there is none yet.
+
+    Raises:
+        ValueError: it is not a JSON object (one line naming the file).
+    """
+    if not path.exists():
+        return None
+    try:
+        m = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); restore it from git or delete the "
+                         "folder's manifest.json and re-run with --no-train to rewrite it") from exc
+    if not isinstance(m, dict):
+        raise ValueError(f"{path}: expected a JSON object; restore it from git or delete it and "
+                         "re-run with --no-train to rewrite it")
+    return m
 
 
 def _sha(space: SearchSpace) -> str:
@@ -288,42 +331,66 @@ def export(out: str | Path, storage: str, *, space_path: str | Path, epochs: int
            sample_seed: int, archs: Sequence[BenchArch] | None = None,
            train: TrainConfig | None = None, log: Log = print) -> dict[str, Any]:
     """Write ``table.parquet``, ``archs.parquet`` and ``manifest.json`` from every study of
-    ``storage`` (latency and memory are measured here for architectures that lack them)."""
+    ``storage`` (latency and memory are measured here for architectures that lack them).
+
+    Only runs of this table's recipe are exported: a storage shared by tables of other recipes
+    (``--epochs``, ``--set``) keeps theirs apart. A pair that never completed is exported as its
+    last failed attempt (diverged, error, oom), once."""
     import optuna
 
-    from cvt_nas.common.storage import open_storage
+    from cvt_nas.common.storage import open_storage, redact
 
     out = Path(out)
     space = load_space(space_path)
     known = {a.arch_id: a for a in (archs or [])}
+    train = train or bench_train_config(space, epochs)
+    recipe = _recipe_columns(flatten_train(train.to_dict()))
     st = open_storage(storage, None)
     runs: dict[tuple[str, int], tuple[dict[str, Any], list[dict[str, Any]]]] = {}
-    failed: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    failed: dict[tuple[str, int], tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    cpus: dict[tuple[str, int], str] = {}  # the CPU model a run trained on (if it was recorded)
+    foreign = 0
+    identity = table_identity(_sha(space), train.to_dict(), sample_seed)
     for summary in st.get_all_studies():
-        if not summary.study_name.startswith("bench-"):
-            continue
+        if not summary.study_name.startswith("bench-") or \
+                summary.user_attrs.get(IDENTITY_ATTR, identity) != identity:
+            continue  # another table's study
         study = optuna.load_study(study_name=summary.study_name, storage=st)
-        for t in study.get_trials(deepcopy=False):
+        for t in study.get_trials(deepcopy=False):  # in trial order: later attempts last
             rec, hist = t.user_attrs.get("record"), t.user_attrs.get("history") or []
             if not rec or "reused_from" in t.user_attrs or "duplicate_of" in t.user_attrs:
                 continue
+            if _recipe_columns(rec) != recipe:
+                foreign += 1
+                continue
             key = (str(rec["arch_id"]), int(rec.get("seed") or 0))
             if t.state == optuna.trial.TrialState.COMPLETE:
-                runs.setdefault(key, (rec, hist))
+                if key not in runs:
+                    runs[key] = (rec, hist)
+                    if t.user_attrs.get("cpu"):
+                        cpus[key] = str(t.user_attrs["cpu"])
             elif rec.get("status") in ("diverged", "error", "oom"):
-                failed.append((rec, hist))
-    failed = [f for f in failed if (f[0]["arch_id"], int(f[0].get("seed") or 0))
-              not in runs]
-    table = _table_rows([*runs.values(), *failed])
-    arch_frame = _archs_frame(out, space, known, {k[0] for k in runs}, runs, log)
+                failed[key] = (rec, hist)
+    failed = {k: v for k, v in failed.items() if k not in runs}
+    if foreign:
+        log(f"left out {foreign} runs of another recipe that {redact(storage)} also holds")
+    table = _table_rows([*runs.values(), *failed.values()])
+    arch_frame = _archs_frame(out, space, known, {k[0] for k in [*runs, *failed]},
+                              {**failed, **runs}, log)
     _write_parquet(out / "table.parquet", table)
     _write_parquet(out / "archs.parquet", arch_frame)
-    train = train or bench_train_config(space, epochs)
-    manifest = _manifest(out, space, space_path, train, sample_seed, known, runs, failed)
+    manifest = _manifest(out, space, space_path, train, sample_seed, known, runs, failed, cpus)
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     log(f"wrote {out}/table.parquet ({len(table)} rows), archs.parquet ({len(arch_frame)} "
         f"architectures), manifest.json: {manifest['counts']}")
     return manifest
+
+
+def _recipe_columns(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``train.*`` columns of a record that decide a run's numbers (not its seed, device,
+    threads, ...): equal for every run of one table."""
+    return {k: v for k, v in record.items() if k.startswith(TRAIN_PREFIX) and v is not None
+            and k.removeprefix(TRAIN_PREFIX) not in EXECUTION_FIELDS}
 
 
 def _table_rows(runs: Iterable[tuple[dict[str, Any], list[dict[str, Any]]]]) -> pd.DataFrame:
@@ -361,7 +428,8 @@ def _table_rows(runs: Iterable[tuple[dict[str, Any], list[dict[str, Any]]]]) -> 
 def _archs_frame(out: Path, space: SearchSpace, known: Mapping[str, BenchArch],
                  trained: set[str], runs: Mapping[tuple[str, int], tuple[dict[str, Any], Any]],
                  log: Log) -> pd.DataFrame:
-    """One row per trained architecture; measurements of an earlier export are kept."""
+    """One row per trained architecture (also one whose every run failed); measurements of an
+    earlier export are kept."""
     prior: dict[str, dict[str, Any]] = {}
     if (out / "archs.parquet").exists():
         prior = {str(r["arch_id"]): r for r in pd.read_parquet(out / "archs.parquet")
@@ -445,19 +513,25 @@ def _write_parquet(path: Path, df: pd.DataFrame) -> None:
 def _manifest(out: Path, space: SearchSpace, space_path: str | Path, train: TrainConfig,
               sample_seed: int, known: Mapping[str, BenchArch],
               runs: Mapping[tuple[str, int], tuple[dict[str, Any], Any]],
-              failed: Sequence[Any]) -> dict[str, Any]:
+              failed: Mapping[tuple[str, int], Any],
+              cpus: Mapping[tuple[str, int], str]) -> dict[str, Any]:
     import optuna
     import timm
     import torch
 
     import cvt_nas
 
-    old: dict[str, Any] = {}
-    if (out / "manifest.json").exists():
-        old = json.loads((out / "manifest.json").read_text())
-    devices = sorted({f"{r.get('device')} ({cpu_name()}, {r.get('threads')} threads)"
-                      if str(r.get("device")) == "cpu" else str(r.get("device"))
-                      for r, _ in runs.values()} | set(old.get("devices", [])))
+    old = _read_manifest(out / "manifest.json") or {}
+    devices = set(old.get("devices", []))
+    for key, (r, _) in runs.items():
+        if str(r.get("device")) != "cpu":
+            devices.add(str(r.get("device")))
+            continue
+        # the CPU it trained on (kept with the trial since it was recorded); for an older run,
+        # this machine's, unless an earlier export already named the CPUs of its runs
+        cpu = cpus.get(key) or (None if old.get("devices") else cpu_name())
+        if cpu:
+            devices.add(f"cpu ({cpu}, {r.get('threads')} threads)")
     named = sorted({n for a in known.values() for n in a.names} | set(old.get("named", [])))
     now = datetime.now(UTC).isoformat(timespec="seconds")
     return {
@@ -476,7 +550,7 @@ def _manifest(out: Path, space: SearchSpace, space_path: str | Path, train: Trai
         "software": {"python": platform.python_version(), "torch": torch.__version__,
                      "timm": timm.__version__, "optuna": optuna.__version__,
                      "pandas": pd.__version__, "cvt_nas": cvt_nas.__version__},
-        "devices": devices,
+        "devices": sorted(devices),
         "created": old.get("created", now), "updated": now,
         "counts": {"archs": len({k[0] for k in runs}), "runs": len(runs),
                    "failed": len(failed)},

@@ -11,8 +11,9 @@ Torch-free: pandas, pyarrow and the torch-free parts of cvt-nas only.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -37,6 +38,22 @@ TABLE_COLUMNS = ("arch_id", "seed", "epoch", "status", "train_loss", "val_top1",
 # columns added after the format's first tables: NaN when a table predates them
 LATER_TABLE_COLUMNS = ("cpu_time_s",)
 REBUILD = "rebuild it with `cvt-nas bench build SPACE.yaml --out DIR`"
+# TrainConfig fields that change where or how a run goes, not its numbers
+EXECUTION_FIELDS = ("seed", "threads", "num_workers", "device", "data_root", "download", "engine",
+                    "precision")
+
+
+def recipe_numbers(train: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a TrainConfig dict that decide a run's numbers (not its seed, device, ...)."""
+    return {k: v for k, v in train.items() if k not in EXECUTION_FIELDS}
+
+
+def table_identity(space_sha256: str, train: Mapping[str, Any], sample_seed: int) -> str:
+    """What makes two builds one table: the space file's hash, the recipe's numbers and the
+    sample seed (stamped on a table's studies, and on simulated studies of it)."""
+    text = json.dumps({"space_sha256": space_sha256, "train": recipe_numbers(train),
+                       "sample_seed": sample_seed}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,13 @@ class Bench:
     def epochs(self) -> int:
         """Epochs of every complete run (the manifest's ``epochs``)."""
         return int(self.manifest["epochs"])
+
+    @property
+    def identity(self) -> str:
+        """`table_identity` of this table (from its manifest)."""
+        m = self.manifest
+        return table_identity(str(m.get("space_sha256")), m.get("train") or {},
+                              int(m.get("sample_seed") or 0))
 
     @property
     def param_names(self) -> list[str]:
@@ -179,21 +203,26 @@ class Bench:
         values = [[_plain(v) for v in r] for r in rows[names].itertuples(index=False)]
         return list(rows["arch_id"]), values
 
-    def nearest(self, params: Mapping[str, Any]) -> tuple[str, int]:
+    def nearest(self, params: Mapping[str, Any],
+                among: Callable[[str], bool] | None = None) -> tuple[str, int]:
         """The sampled architecture with a complete run closest to ``params``, and how far.
 
         Distance: the number of the space's parameters whose values differ (Hamming; a
         parameter missing on one side and set on the other differs). Ties go to the smallest
         ``arch_id``, so the mapping is deterministic. Named architectures (no parameters) are
-        never chosen.
+        never chosen; with ``among``, only the architectures it accepts are.
 
         Raises:
-            ValueError: the table has no complete run of a sampled architecture.
+            ValueError: no complete run of a sampled architecture (that ``among`` accepts).
         """
         ids, values = self._candidates
+        if among is not None:
+            kept = [i for i, a in enumerate(ids) if among(a)]
+            ids, values = [ids[i] for i in kept], [values[i] for i in kept]
         if not ids:
-            raise ValueError(f"{self.path}: no complete run of a sampled architecture yet; "
-                             f"{REBUILD} (or let its build run longer)")
+            raise ValueError(f"{self.path}: no complete run of a sampled architecture"
+                             + (" that meets the search's constraints" if among else " yet")
+                             + f"; {REBUILD} (or let its build run longer)")
         want = [_plain(params.get(n)) for n in self.param_names]
         best, best_d = ids[0], len(want) + 1
         for arch, have in zip(ids, values, strict=True):

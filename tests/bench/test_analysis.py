@@ -157,3 +157,17 @@ def test_bench_show_prints_the_summary_and_refuses_what_is_not_a_table(tiny_tabl
         assert main(["bench", "show", str(bad)]) == 2
         err = capsys.readouterr().err
         assert str(bad) in err and "cvt-nas bench build" in err and len(err.splitlines()) == 1
+
+
+def test_summary_counts_a_failed_run_apart_from_the_complete_ones(tiny_table, table_copy):
+    before = summary(load(tiny_table))
+    t = pd.read_parquet(table_copy / "table.parquet")
+    arch, seed = t.iloc[0]["arch_id"], t.iloc[0]["seed"]
+    run = (t["arch_id"] == arch) & (t["seed"] == seed)
+    t.loc[run, "status"] = "diverged"  # it stopped after its first epoch
+    t.loc[run, ["test_top1", "test_top5"]] = float("nan")
+    t = t[~run | (t["epoch"] == 1)]
+    t.to_parquet(table_copy / "table.parquet")
+    after = summary(load(table_copy))
+    assert after["failed"] == before["failed"] + 1 == 1
+    assert after["runs"] == before["runs"] - 1

@@ -4,22 +4,28 @@ runs without training anything twice (real training on Fashion-MNIST, tiny space
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
 
+from cvt_nas.bench import load
 from cvt_nas.bench.build import (
     FORMAT,
+    IDENTITY_ATTR,
     TABLE_COLUMNS,
+    bench_train_config,
     build,
+    export,
     merge_archs,
     named_archs,
     pinned_train,
     sample_archs,
 )
 from cvt_nas.cli import main
+from cvt_nas.common.proc import cpu_name
 from cvt_nas.space import load_space, parse_space
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +110,8 @@ def test_table_has_every_run_epoch_and_measurement(table: Path) -> None:
     assert m["format"] == FORMAT and m["space"] == "tiny" and m["epochs"] == 1
     assert m["counts"] == {"archs": 3, "runs": 3, "failed": 0} and m["archs_asked"] == 3
     assert m["pinned"] == {"lr": 0.002} and m["train"]["lr"] == 0.002
-    assert m["archs_sampled"] == 3 and m["seeds"] == 1 and m["devices"][0].startswith("cpu")
+    assert m["archs_sampled"] == 3 and m["seeds"] == 1
+    assert m["devices"] == [f"cpu ({cpu_name()}, 2 threads)"]  # the CPU each run trained on
 
 
 def test_growing_the_table_trains_only_the_new_architecture(table: Path) -> None:
@@ -117,11 +124,13 @@ def test_growing_the_table_trains_only_the_new_architecture(table: Path) -> None
                                  storage.get_all_trials(s._study_id))
                for s in storage.get_all_studies()}
     assert trained == {"bench-tiny-2x1-reduced": 2, "bench-tiny-3x1-reduced": 1}
+    assert {t.user_attrs.get("cpu") for s in storage.get_all_studies()  # where each ran
+            for t in storage.get_all_trials(s._study_id)} == {cpu_name()}
 
 
 def test_a_table_only_grows_with_its_own_recipe(table: Path) -> None:
     with pytest.raises(ValueError, match=r"manifest.json: this table was built with a "
-                                         r"different train .*use another --out"):
+                                         r"different train \(epochs 1, now 2\); use another --out"):
         build(TINY, table, archs=3, seeds=1, epochs=2, log=_quiet)
     with pytest.raises(ValueError, match="different sample_seed"):
         build(TINY, table, archs=3, seeds=1, epochs=1, sample_seed=3, log=_quiet)
@@ -166,3 +175,72 @@ def test_no_train_exports_what_the_storage_holds(table: Path) -> None:
     assert main(["bench", "build", str(TINY), "--archs", "3", "--epochs", "1", "--out",
                  str(table), "--no-train"]) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(table / "table.parquet"), before)
+
+
+def test_a_storage_shared_with_another_table_s_study_name_is_refused(table: Path,
+                                                                     tmp_path: Path) -> None:
+    shared = tmp_path / "shared.db"
+    shutil.copy(table / "bench.db", shared)  # its study bench-tiny-3x1-reduced: 1 epoch
+    runs = optuna.storages.RDBStorage(f"sqlite:///{shared}")
+    before = {s.study_name: len(runs.get_all_trials(s._study_id)) for s in runs.get_all_studies()}
+    with pytest.raises(ValueError, match=r"shared.db: study 'bench-tiny-3x1-reduced' holds the "
+                                         r"runs of another table .*its own --storage"):
+        build(TINY, tmp_path / "t", archs=3, seeds=1, epochs=2, storage=f"sqlite:///{shared}",
+              log=_quiet)
+    assert {s.study_name: len(runs.get_all_trials(s._study_id))
+            for s in runs.get_all_studies()} == before  # no new run
+
+
+def _copy_trial(study: optuna.Study, t: optuna.trial.FrozenTrial, state: str,
+                **record: object) -> None:
+    """Add a copy of trial ``t`` to ``study`` in ``state``, its record changed by ``record``."""
+    attrs = {**t.user_attrs, "record": {**t.user_attrs["record"], **record}}
+    if record.get("status") == "oom":
+        attrs["history"] = []  # it stopped before its first epoch ended
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState[state], params=t.params, distributions=t.distributions,
+        value=t.value if state == "COMPLETE" else None, user_attrs=attrs))
+
+
+def test_export_keeps_one_last_attempt_per_failed_pair_and_only_this_table_s_runs(
+        table: Path, tmp_path: Path) -> None:
+    source = optuna.load_study(study_name="bench-tiny-2x1-reduced",
+                               storage=f"sqlite:///{table / 'bench.db'}")
+    a, b = sorted(source.get_trials(), key=lambda t: t.number)
+    storage = f"sqlite:///{tmp_path / 'mixed.db'}"
+    study = optuna.create_study(study_name="bench-tiny-2x1-reduced", storage=storage,
+                                direction="maximize")
+    _copy_trial(study, a, "COMPLETE")
+    _copy_trial(study, b, "FAIL", status="diverged")  # b never completes: failed twice,
+    _copy_trial(study, b, "FAIL", status="oom")  # the last attempt is the one exported
+    _copy_trial(study, a, "COMPLETE", seed=1, **{"train.epochs": 2})  # another recipe's run
+    other = optuna.create_study(study_name="bench-tiny-9x1-reduced", storage=storage,
+                                direction="maximize")
+    other.set_user_attr(IDENTITY_ATTR, "another-table")
+    _copy_trial(other, a, "COMPLETE", seed=2)  # another table's study: left out
+    out, lines = tmp_path / "t", []
+    out.mkdir()
+    space = load_space(TINY)
+    m = export(out, storage, space_path=TINY, epochs=1, sample_seed=0,
+               archs=sample_archs(space, 2), train=bench_train_config(space, 1),
+               log=lines.append)
+    bench = load(out)  # loads: every arch with a row has one in archs.parquet, no duplicate rows
+    rows = bench.table
+    arch_a, arch_b = a.user_attrs["record"]["arch_id"], b.user_attrs["record"]["arch_id"]
+    assert sorted(zip(rows["arch_id"], rows["seed"], rows["status"], strict=True)) == sorted(
+        [(arch_a, 0, "complete"), (arch_b, 0, "oom")])
+    assert set(bench.archs["arch_id"]) == {arch_a, arch_b}
+    assert m["counts"] == {"archs": 1, "runs": 1, "failed": 1}
+    assert any("left out 1 runs of another recipe" in x for x in lines)
+    assert bench.seeds(arch_a) == [0] and bench.seeds(arch_b) == []
+
+
+def test_a_broken_manifest_is_one_line_naming_it(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "manifest.json").write_text("{not json")
+    assert main(["bench", "build", str(TINY), "--archs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "manifest.json: not valid JSON" in err[0] and "--no-train" in err[0]
+    assert not (out / "bench.db").exists()
