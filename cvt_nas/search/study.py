@@ -17,7 +17,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,11 +51,16 @@ def space_identity(space: SearchSpace) -> dict[str, Any]:
 
     The file's ``base``, ``model``, ``train`` and ``constraints`` sections (after ``--set``), plus
     the base `CvTConfig` and the recipe's `TrainConfig` as this version of cvt-nas resolves them,
-    so that a changed default (e.g. a recipe's augmentation) is caught as well as an edit.
+    so that a changed default (e.g. a recipe's augmentation) is caught as well as an edit. A
+    simulated search adds its table's identity (``table``): its trials are not trained ones, and
+    another table's are not its own.
     """
     ident: dict[str, Any] = {k: space.raw.get(k) for k in SPACE_KEYS}
     ident["resolved_base"] = space.base.to_dict()
     ident["resolved_recipe"] = get_recipe(space.recipe).to_dict()
+    bench = getattr(space, "bench", None)  # a simulated search's table (`TableSpace`)
+    if bench is not None:
+        ident["table"] = bench.identity
     return json.loads(json.dumps(ident, sort_keys=True, default=str))
 
 
@@ -95,18 +100,39 @@ def open_study(storage: BaseStorage, name: str, objectives: dict[str, str],
         raise ValueError(f"study {name!r} was created with objectives {stored}; re-run with "
                          f"--objectives {','.join(stored)} or pick a new --study name")
     if space is not None:
-        ident, before = space_identity(space), study.user_attrs.get("space")
+        ident = space_identity(space)
+        before = stamped = study.user_attrs.get("space")
+        if before is not None and "table" in ident and "table" not in before \
+                and _backend(study) == "table":
+            before = {**before, "table": ident["table"]}  # simulated before tables were stamped
+        if before is not None and ("table" in before) != ("table" in ident):
+            kind = "simulated (--backend table)" if "table" in before else "trained"
+            raise ValueError(f"study {name!r} holds {kind} trials, which this search must not "
+                             "mix with its own; pick a new --study name (or --out directory)")
         if before is not None:
             # compare the parts both versions record: an older cvt-nas stamped fewer of them
             changed = _changed_keys(before, {k: v for k, v in ident.items() if k in before})
+            if "table" in changed:
+                raise ValueError(f"study {name!r} simulated its trials on another table (another "
+                                 "space, recipe or sample); pick a new --study name (or --out "
+                                 "directory)")
             if changed:
                 raise ValueError(f"study {name!r} was created from a different search space "
                                  f"({', '.join(changed)} changed, e.g. by an edit or --set); its "
                                  "trials are not comparable with new ones. Undo the change to "
                                  "resume, or pick a new --study name (or --out directory)")
-        if before != ident:  # a new study, or one stamped by an older version: complete the stamp
+        if stamped != ident:  # a new study, or one stamped by an older version: complete the stamp
             study.set_user_attr("space", ident)
     return study
+
+
+def _backend(study: optuna.Study) -> str | None:
+    """The backend of a study's first recorded trial (None: no trial yet)."""
+    for t in study.get_trials(deepcopy=False):
+        record = t.user_attrs.get("record")
+        if record:
+            return str(record.get("backend"))
+    return None
 
 
 def counts(t: FrozenTrial) -> bool:
@@ -196,12 +222,20 @@ def collect(study: optuna.Study) -> tuple[list[dict[str, Any]], list[dict[str, A
 
 def write_results(study: optuna.Study, out_dir: str | Path, objectives: dict[str, str],
                   meta: dict[str, Any]) -> Path | None:
-    """Write ``out_dir`` (trials, epochs, Pareto table, study.yaml) from the study's records."""
+    """Write ``out_dir`` (trials, epochs, Pareto table, study.yaml) from the study's records.
+
+    study.yaml's ``created`` is when the study's first trial started (not an earlier study's
+    stamp left in the folder)."""
     from cvt_nas.results import write_outputs
 
     records, epochs = collect(study)
     if not records:
         return None
+    starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start]
+    if starts and "created" not in meta:
+        first = min(starts)
+        first = first if first.tzinfo else first.astimezone()  # Optuna stores local time
+        meta = {**meta, "created": first.astimezone(UTC).isoformat(timespec="seconds")}
     return write_outputs(out_dir, records, epochs, objectives, meta)
 
 

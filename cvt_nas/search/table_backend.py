@@ -44,6 +44,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,16 @@ class TableSpace(SearchSpace):
         train = self.bench.train_config()
         if drawn.model is None or self.violations(drawn):  # the gate refuses it, at no cost
             return Sample(drawn.params, drawn.model, train, drawn.error)
-        arch_id, _ = self.bench.nearest(drawn.params)
+        arch_id, _ = self.bench.nearest(drawn.params, among=self._feasible.__contains__)
         return Sample(drawn.params, self.bench.config(arch_id), train)
+
+    @cached_property
+    def _feasible(self) -> frozenset[str]:
+        """The table's architectures that meet this search's constraints (a search with tighter
+        ones than the table's build maps its draws onto these only)."""
+        assert self.bench is not None
+        return frozenset(a for a in self.bench.archs["arch_id"]
+                         if not self.violations(self.bench.config(a)))
 
 
 def table_space(space: SearchSpace, bench: Bench) -> TableSpace:

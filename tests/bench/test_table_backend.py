@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
+import yaml
 
 from cvt_nas.bench import load
 from cvt_nas.cli import main
 from cvt_nas.results import load_meta
 from cvt_nas.search.optuna_backend import stream_seed
+from cvt_nas.search.study import open_study
+from cvt_nas.search.table_backend import table_space
+from cvt_nas.space import load_space, parse_space
+from cvt_nas.space.sampling import RandomSuggest
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "tests" / "data" / "tiny_space.yaml")
@@ -105,6 +113,7 @@ def test_optuna_pruners_read_the_per_epoch_rows(tiny_table, tmp_path):
     df = _search(tiny_table, tmp_path / "median", "--trials", "20", "--seed", "0",
                  "--sampler", "random", "--objectives", "val_top1:max", "--pruner", "median")
     assert set(df["status"]) <= {"complete", "pruned", "infeasible"}
+    assert (df["status"] == "pruned").sum() >= 1  # the median pruner did stop some
     b = load(tiny_table)
     for r in df[df["status"] == "pruned"].itertuples():
         assert r.wall_time_s == b.query(r.arch_id, epoch=int(r.epochs), seed=r.seed).time_s
@@ -264,3 +273,70 @@ def test_a_resumed_parallel_simulated_study_does_not_replay_its_first_draws(tiny
         n = min(len(before), len(after))
         assert after[:n] != before[:n], worker
     assert later["params_sampled"].iloc[0] != first.sort_values("trial")["params_sampled"].iloc[0]
+
+
+def test_tighter_constraints_map_draws_onto_the_table_architectures_that_meet_them(tiny_table):
+    b = load(tiny_table)
+    raw = yaml.safe_load(Path(TINY).read_text())
+    limit = int(b.archs["params"].median())
+    raw["constraints"]["max_params"] = limit
+    plain = dataclasses.replace(parse_space(raw, source="tight.yaml"), train=())
+    space = table_space(plain, b)
+    over = set(b.archs.loc[b.archs["params"] > limit, "arch_id"])
+    mapped = moved = 0
+    for k in range(300):
+        drawn = plain.sample(RandomSuggest(random.Random(k)))
+        if drawn.model is None or plain.violations(drawn):
+            continue  # refused by the gate, as in a real search
+        got = space.sample(RandomSuggest(random.Random(k)))  # the same draw, mapped
+        mapped += 1
+        assert got.model is not None and not space.violations(got.model)
+        assert got.model.arch_id() not in over
+        moved += b.nearest(drawn.params)[0] in over  # where it went before the constraint
+    assert mapped >= 20 and moved >= 1
+
+
+def test_trained_and_simulated_trials_never_share_a_study(tiny_table, table_copy):
+    objectives = {"val_top1": "max", "macs": "min"}
+    space = load_space(TINY)
+    sim = table_space(space, load(tiny_table))
+    storage = optuna.storages.InMemoryStorage()
+    open_study(storage, "real", objectives, space=space)
+    with pytest.raises(ValueError, match=r"study 'real' holds trained trials.*new --study name"):
+        open_study(storage, "real", objectives, space=sim)
+    open_study(storage, "sim", objectives, space=sim)
+    with pytest.raises(ValueError, match=r"'sim' holds simulated \(--backend table\) trials"):
+        open_study(storage, "sim", objectives, space=space)
+    manifest = json.loads((table_copy / "manifest.json").read_text())
+    manifest["sample_seed"] = 7  # another table of the same space
+    (table_copy / "manifest.json").write_text(json.dumps(manifest))
+    other = table_space(space, load(table_copy))
+    with pytest.raises(ValueError, match="simulated its trials on another table"):
+        open_study(storage, "sim", objectives, space=other)
+    open_study(storage, "sim", objectives, space=sim)  # its own table resumes
+
+
+def test_a_simulated_study_stamped_before_tables_were_resumes(tiny_table, tmp_path):
+    out = tmp_path / "old"
+    _search(tiny_table, out, "--trials", "3", "--seed", "1")
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "study.journal")))
+    sid = storage.get_study_id_from_name("tiny")
+    stamp = storage.get_study_user_attrs(sid)["space"]
+    assert stamp.pop("table") == load(tiny_table).identity
+    storage.set_study_user_attr(sid, "space", stamp)  # as an older cvt-nas left it
+    assert len(_search(tiny_table, out, "--trials", "5", "--seed", "1")) == 5
+    assert storage.get_study_user_attrs(sid)["space"]["table"] == load(tiny_table).identity
+
+
+def test_study_yaml_created_is_when_this_study_began_not_an_older_stamp(tiny_table, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "study.yaml").write_text("created: '2020-01-01T00:00:00+00:00'\n")  # another study's
+    before = datetime.now(UTC).replace(microsecond=0)
+    _search(tiny_table, out, "--trials", "3")
+    created = datetime.fromisoformat(yaml.safe_load((out / "study.yaml").read_text())["created"])
+    assert before <= created <= datetime.now(UTC)
+    _search(tiny_table, out, "--trials", "5")  # resumed: the same study, the same stamp
+    again = yaml.safe_load((out / "study.yaml").read_text())["created"]
+    assert datetime.fromisoformat(again) == created
