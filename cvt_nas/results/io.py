@@ -124,7 +124,7 @@ def write_outputs(
     if "created" not in study and (out / STUDY_YAML).is_file():  # an earlier write's stamp
         with contextlib.suppress(ValueError):
             study["created"] = read_yaml(out / STUDY_YAML, "study.yaml").get("created")
-    study["created"] = study.get("created") or datetime.now(UTC).isoformat(timespec="seconds")
+    study["created"] = study.pop("created", None) or datetime.now(UTC).isoformat(timespec="seconds")
     study["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
     study["n_trials"] = len(trials_df)
     if "status" in trials_df.columns:

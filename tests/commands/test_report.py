@@ -29,8 +29,10 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def committed(tmp_path: Path) -> Path:
+    """The committed files only: a local run of the README command leaves its (ignored) study
+    storage next to them, which `report` would read instead of the tables."""
     out = tmp_path / "cvt_micro"
-    shutil.copytree(MICRO, out)
+    shutil.copytree(MICRO, out, ignore=shutil.ignore_patterns("study.db", "study.journal"))
     return out
 
 
@@ -53,7 +55,7 @@ def test_report_write_rebuilds_the_committed_files(committed: Path, capsys) -> N
     for name in ("pareto.md", "pareto.csv", "trials.csv"):
         assert now[name] == stored[name], name
     meta = yaml.safe_load(now["study.yaml"])
-    assert meta["created"] == "2026-11-25T15:46:57+00:00"  # kept; `updated` is now
+    assert meta["created"] == "2026-11-30T10:16:34+00:00"  # kept; `updated` is now
     assert meta["objectives"] == OBJECTIVES and meta["study"] == "cvt_micro"
 
 
