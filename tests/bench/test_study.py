@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,3 +99,20 @@ def test_many_workers_beating_random_on_the_clock_is_not_the_half_budget_target(
     line = next(x for x in text.splitlines() if x.startswith("- tpe-8w:"))
     assert "20% of random's simulated time" in line and "not a same-compute budget" in line
     assert "runs W trials at once" in text
+
+
+@pytest.mark.parametrize(("body", "argv", "message"), [
+    ("trials: 3\nseeds: 1\nmethods: {random: {sampler: random}}\n", ["--seeds", "0"],
+     "seeds (or --seeds): 0; give a whole number >= 1"),
+    ("trials: x\nseeds: 1\nmethods: {random: {sampler: random}}\n", [],
+     "trials (or --trials): 'x'; give a whole number >= 1"),
+    ("trials: 3\nseeds: 1\nmethods: [random]\n", [], "methods: give a mapping of names"),
+    ("trials: 3\nseeds: 1\nmethods: {random: tpe}\n", [],
+     "methods.random: 'tpe'; give a mapping such as {sampler: tpe}"),
+])
+def test_bad_counts_and_methods_are_one_line_exit_2(tmp_path, capsys, body, argv, message):
+    config = tmp_path / "study.yaml"
+    config.write_text("table: x\nspace: y\nout: z\nobjectives: [val_top1:max]\n" + body)
+    assert _study().main([str(config), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
