@@ -28,11 +28,13 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def committed(tmp_path: Path) -> Path:
-    """The committed files only: a local run of the README command leaves its (ignored) study
-    storage next to them, which `report` would read instead of the tables."""
+def committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The committed files only, read from elsewhere: a local run of the README command leaves
+    its (ignored) study storage, which study.yaml names relative to the repository, and `report`
+    would read it instead of the tables."""
     out = tmp_path / "cvt_micro"
     shutil.copytree(MICRO, out, ignore=shutil.ignore_patterns("study.db", "study.journal"))
+    monkeypatch.chdir(tmp_path)
     return out
 
 
