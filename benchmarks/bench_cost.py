@@ -11,6 +11,7 @@ import time
 import torch
 
 import cvt_nas
+from cvt_nas.common.proc import cpu_name
 from cvt_nas.model.cost import analytic_cost
 from cvt_nas.model.fvcore_count import fvcore_cost
 from cvt_nas.model.presets import get_config
@@ -23,6 +24,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"{cpu_name()}; {args.threads} threads; best of {args.repeats}")
     print(f"{'model':<12} {'analytic (ms)':>14} {'build+fvcore (ms)':>18} {'ratio':>9}  agree")
     for name in args.models:
         cfg = get_config(name)
