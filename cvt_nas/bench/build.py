@@ -349,31 +349,46 @@ def export(out: str | Path, storage: str, *, space_path: str | Path, epochs: int
     runs: dict[tuple[str, int], tuple[dict[str, Any], list[dict[str, Any]]]] = {}
     failed: dict[tuple[str, int], tuple[dict[str, Any], list[dict[str, Any]]]] = {}
     cpus: dict[tuple[str, int], str] = {}  # the CPU model a run trained on (if it was recorded)
-    foreign = 0
+    borrowed: list[tuple[tuple[str, int], tuple[dict[str, Any], list[dict[str, Any]]]]] = []
+    foreign = skipped = 0
     identity = table_identity(_sha(space), train.to_dict(), sample_seed)
     for summary in st.get_all_studies():
-        if not summary.study_name.startswith("bench-") or \
-                summary.user_attrs.get(IDENTITY_ATTR, identity) != identity:
-            continue  # another table's study
+        if not summary.study_name.startswith("bench-"):
+            continue
+        if summary.user_attrs.get(IDENTITY_ATTR, identity) != identity:
+            skipped += 1  # another table's study
+            continue
         study = optuna.load_study(study_name=summary.study_name, storage=st)
         for t in study.get_trials(deepcopy=False):  # in trial order: later attempts last
             rec, hist = t.user_attrs.get("record"), t.user_attrs.get("history") or []
-            if not rec or "reused_from" in t.user_attrs or "duplicate_of" in t.user_attrs:
+            if not rec or "duplicate_of" in t.user_attrs:
                 continue
             if _recipe_columns(rec) != recipe:
-                foreign += 1
+                foreign += "reused_from" not in t.user_attrs  # count runs, not their copies
                 continue
             key = (str(rec["arch_id"]), int(rec.get("seed") or 0))
+            if "reused_from" in t.user_attrs:  # a copy: used only if its source is not exported
+                if t.state == optuna.trial.TrialState.COMPLETE:
+                    borrowed.append((key, (rec, hist)))
+                continue
             if t.state == optuna.trial.TrialState.COMPLETE:
                 if key not in runs:
                     runs[key] = (rec, hist)
                     if t.user_attrs.get("cpu"):
                         cpus[key] = str(t.user_attrs["cpu"])
-            elif rec.get("status") in ("diverged", "error", "oom"):
-                failed[key] = (rec, hist)
+            elif rec.get("status") in ("diverged", "failed", "oom"):  # failed: it raised
+                status = "error" if rec["status"] == "failed" else rec["status"]
+                failed[key] = ({**rec, "status": status}, hist)
+    for key, run in borrowed:  # the source trial is in another table's study
+        runs.setdefault(key, run)
     failed = {k: v for k, v in failed.items() if k not in runs}
-    if foreign:
-        log(f"left out {foreign} runs of another recipe that {redact(storage)} also holds")
+    if foreign or skipped:
+        log(f"left out {foreign} runs of another recipe and {skipped} studies of another table "
+            f"that {redact(storage)} also holds")
+    if not runs and not failed and (foreign or skipped):
+        raise ValueError(f"{redact(storage)}: none of its runs has this table's recipe "
+                         f"({foreign} runs of another, {skipped} other tables' studies); check "
+                         "--epochs, --set and --sample-seed against the table's manifest.json")
     table = _table_rows([*runs.values(), *failed.values()])
     arch_frame = _archs_frame(out, space, known, {k[0] for k in [*runs, *failed]},
                               {**failed, **runs}, log)

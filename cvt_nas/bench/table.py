@@ -38,14 +38,15 @@ TABLE_COLUMNS = ("arch_id", "seed", "epoch", "status", "train_loss", "val_top1",
 # columns added after the format's first tables: NaN when a table predates them
 LATER_TABLE_COLUMNS = ("cpu_time_s",)
 REBUILD = "rebuild it with `cvt-nas bench build SPACE.yaml --out DIR`"
-# TrainConfig fields that change where or how a run goes, not its numbers
-EXECUTION_FIELDS = ("seed", "threads", "num_workers", "device", "data_root", "download", "engine",
-                    "precision")
+# TrainConfig fields that change where or how a run goes, not its numbers (the seed is the
+# run's, not the table's)
+EXECUTION_FIELDS = ("seed", "threads", "num_workers", "device", "data_root", "download", "engine")
 
 
 def recipe_numbers(train: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields of a TrainConfig dict that decide a run's numbers (not its seed, device, ...)."""
-    return {k: v for k, v in train.items() if k not in EXECUTION_FIELDS}
+    """The fields of a TrainConfig dict that decide a run's numbers (not its seed, device, ...).
+    Unset (None) fields are left out, so a field added to TrainConfig later changes nothing."""
+    return {k: v for k, v in train.items() if k not in EXECUTION_FIELDS and v is not None}
 
 
 def table_identity(space_sha256: str, train: Mapping[str, Any], sample_seed: int) -> str:
@@ -202,6 +203,10 @@ class Bench:
         names = [PARAM_PREFIX + n for n in self.param_names]
         values = [[_plain(v) for v in r] for r in rows[names].itertuples(index=False)]
         return list(rows["arch_id"]), values
+
+    def answerable(self) -> list[str]:
+        """The architectures `nearest` may choose: sampled ones with a complete run."""
+        return list(self._candidates[0])
 
     def nearest(self, params: Mapping[str, Any],
                 among: Callable[[str], bool] | None = None) -> tuple[str, int]:

@@ -71,17 +71,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     from cvt_nas.bench.build import build, default_storage
+    from cvt_nas.bench.table import EXECUTION_FIELDS
     from cvt_nas.common.gpus import select_gpus, visible_gpus
     from cvt_nas.common.storage import check_url, resolve_url
     from cvt_nas.training.trainer import resolve_device
 
     out = check_out_dir(Path(args.out))
     overrides = parse_set(args.set)
-    numbers = sorted(k for k in overrides if k not in ("device", "data_root", "download",
-                                                       "num_workers", "threads", "engine"))
+    allowed = [f for f in EXECUTION_FIELDS if f != "seed"]
+    numbers = sorted(k for k in overrides if k not in allowed)
     if numbers:
-        raise ValueError(f"--set {numbers[0]}: a table's runs share one recipe; only device, "
-                         f"data_root, download, num_workers, threads and engine may be set")
+        raise ValueError(f"--set {numbers[0]}: a table's runs share one recipe; only "
+                         f"{', '.join(allowed[:-1])} and {allowed[-1]} may be set")
     device = str(overrides.get("device", "auto"))
     resolve_device(device)  # a device this machine lacks: one line, before any study
     gpus = select_gpus(args.gpus, visible_gpus(), device)

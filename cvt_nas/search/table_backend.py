@@ -261,6 +261,10 @@ def prepare(space: SearchSpace, table: str | Path, objectives: Mapping[str, str]
     if unknown:
         raise ValueError(f"--objectives {unknown}: a table answers val_top1, macs, params and "
                          "latency")
+    if not restricted._feasible & set(bench.answerable()):
+        raise ValueError(f"{space.source}: its constraints exclude every sampled architecture of "
+                         f"{bench.path} with a complete run; loosen them (or search the table with "
+                         "the space it was built from)")
     return restricted, TableRunner(bench, seed or 0)
 
 

@@ -192,14 +192,15 @@ def test_a_storage_shared_with_another_table_s_study_name_is_refused(table: Path
 
 
 def _copy_trial(study: optuna.Study, t: optuna.trial.FrozenTrial, state: str,
-                **record: object) -> None:
-    """Add a copy of trial ``t`` to ``study`` in ``state``, its record changed by ``record``."""
-    attrs = {**t.user_attrs, "record": {**t.user_attrs["record"], **record}}
-    if record.get("status") == "oom":
-        attrs["history"] = []  # it stopped before its first epoch ended
+                attrs: dict[str, object] | None = None, **record: object) -> None:
+    """Add a copy of trial ``t`` to ``study`` in ``state``: its record changed by ``record``,
+    its other user attributes by ``attrs``."""
+    user = {**t.user_attrs, **(attrs or {}), "record": {**t.user_attrs["record"], **record}}
+    if record.get("status") in ("failed", "oom"):
+        user["history"] = []  # it stopped before its first epoch ended
     study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState[state], params=t.params, distributions=t.distributions,
-        value=t.value if state == "COMPLETE" else None, user_attrs=attrs))
+        value=t.value if state == "COMPLETE" else None, user_attrs=user))
 
 
 def test_export_keeps_one_last_attempt_per_failed_pair_and_only_this_table_s_runs(
@@ -208,18 +209,22 @@ def test_export_keeps_one_last_attempt_per_failed_pair_and_only_this_table_s_run
                                storage=f"sqlite:///{table / 'bench.db'}")
     a, b = sorted(source.get_trials(), key=lambda t: t.number)
     storage = f"sqlite:///{tmp_path / 'mixed.db'}"
-    study = optuna.create_study(study_name="bench-tiny-2x1-reduced", storage=storage,
-                                direction="maximize")
-    _copy_trial(study, a, "COMPLETE")
-    _copy_trial(study, b, "FAIL", status="diverged")  # b never completes: failed twice,
-    _copy_trial(study, b, "FAIL", status="oom")  # the last attempt is the one exported
-    _copy_trial(study, a, "COMPLETE", seed=1, **{"train.epochs": 2})  # another recipe's run
     other = optuna.create_study(study_name="bench-tiny-9x1-reduced", storage=storage,
                                 direction="maximize")
     other.set_user_attr(IDENTITY_ATTR, "another-table")
-    _copy_trial(other, a, "COMPLETE", seed=2)  # another table's study: left out
+    _copy_trial(other, a, "COMPLETE", seed=2)  # another table's study: left out ...
+    study = optuna.create_study(study_name="bench-tiny-2x1-reduced", storage=storage,
+                                direction="maximize")
+    _copy_trial(study, a, "COMPLETE", {"cpu": "Test CPU"})
+    _copy_trial(study, b, "FAIL", status="diverged")  # b never completes: failed twice,
+    _copy_trial(study, b, "FAIL", status="failed")  # the last attempt (it raised) is exported
+    _copy_trial(study, a, "COMPLETE", seed=1, **{"train.epochs": 2})  # another recipe's run
+    _copy_trial(study, a, "COMPLETE", {"reused_from": "bench-tiny-9x1-reduced#0"}, seed=2,
+                reused_from="bench-tiny-9x1-reduced#0")  # ... but a copy of its run is ours
+    _copy_trial(study, a, "COMPLETE", {"cpu": None}, seed=3)  # recorded before the CPU was kept
     out, lines = tmp_path / "t", []
     out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"devices": ["cpu (Earlier CPU, 2 threads)"]}))
     space = load_space(TINY)
     m = export(out, storage, space_path=TINY, epochs=1, sample_seed=0,
                archs=sample_archs(space, 2), train=bench_train_config(space, 1),
@@ -228,11 +233,25 @@ def test_export_keeps_one_last_attempt_per_failed_pair_and_only_this_table_s_run
     rows = bench.table
     arch_a, arch_b = a.user_attrs["record"]["arch_id"], b.user_attrs["record"]["arch_id"]
     assert sorted(zip(rows["arch_id"], rows["seed"], rows["status"], strict=True)) == sorted(
-        [(arch_a, 0, "complete"), (arch_b, 0, "oom")])
+        [(arch_a, 0, "complete"), (arch_a, 2, "complete"), (arch_a, 3, "complete"),
+         (arch_b, 0, "error")])
     assert set(bench.archs["arch_id"]) == {arch_a, arch_b}
-    assert m["counts"] == {"archs": 1, "runs": 1, "failed": 1}
-    assert any("left out 1 runs of another recipe" in x for x in lines)
-    assert bench.seeds(arch_a) == [0] and bench.seeds(arch_b) == []
+    assert m["counts"] == {"archs": 1, "runs": 3, "failed": 1}
+    assert any("left out 1 runs of another recipe and 1 studies of another table" in x
+               for x in lines)
+    assert bench.seeds(arch_a) == [0, 2, 3] and bench.seeds(arch_b) == []
+    # the trial's CPU; a run from before that was kept adds none to an earlier export's list
+    assert m["devices"] == ["cpu (Earlier CPU, 2 threads)", "cpu (Test CPU, 2 threads)"]
+
+
+def test_an_export_that_matches_none_of_the_storage_s_runs_is_refused(table: Path,
+                                                                      tmp_path: Path) -> None:
+    space = load_space(TINY)
+    with pytest.raises(ValueError, match=r"none of its runs has this table's recipe \(0 runs of "
+                                         r"another, 2 other tables' studies\); check --epochs"):
+        export(tmp_path, f"sqlite:///{table / 'bench.db'}", space_path=TINY, epochs=2,
+               sample_seed=0, train=bench_train_config(space, 2), log=_quiet)
+    assert not (tmp_path / "table.parquet").exists()
 
 
 def test_a_broken_manifest_is_one_line_naming_it(tmp_path: Path,

@@ -19,7 +19,7 @@ from cvt_nas.cli import main
 from cvt_nas.results import load_meta
 from cvt_nas.search.optuna_backend import stream_seed
 from cvt_nas.search.study import open_study
-from cvt_nas.search.table_backend import table_space
+from cvt_nas.search.table_backend import prepare, table_space
 from cvt_nas.space import load_space, parse_space
 from cvt_nas.space.sampling import RandomSuggest
 
@@ -340,3 +340,17 @@ def test_study_yaml_created_is_when_this_study_began_not_an_older_stamp(tiny_tab
     _search(tiny_table, out, "--trials", "5")  # resumed: the same study, the same stamp
     again = yaml.safe_load((out / "study.yaml").read_text())["created"]
     assert datetime.fromisoformat(again) == created
+
+
+def test_constraints_that_exclude_the_whole_table_are_one_error_before_the_search(table_copy):
+    archs = pd.read_parquet(table_copy / "archs.parquet")
+    small = archs["params"] <= archs["params"].min()  # keep only the larger ones in the table
+    archs[~small].to_parquet(table_copy / "archs.parquet")
+    runs = pd.read_parquet(table_copy / "table.parquet")
+    runs[~runs["arch_id"].isin(archs.loc[small, "arch_id"])].to_parquet(
+        table_copy / "table.parquet")
+    raw = yaml.safe_load(Path(TINY).read_text())
+    raw["constraints"]["max_params"] = int(archs.loc[~small, "params"].min()) - 1  # the space
+    with pytest.raises(ValueError, match=r"tight.yaml: its constraints exclude every sampled "
+                                         r"architecture of .*; loosen them"):  # has others
+        prepare(parse_space(raw, source="tight.yaml"), table_copy, {"val_top1": "max"}, 0)
