@@ -37,7 +37,6 @@ import pandas as pd
 import yaml
 
 from cvt_nas.bench.table import (
-    EXECUTION_FIELDS,
     FORMAT,
     TABLE_COLUMNS,
     recipe_numbers,
@@ -404,8 +403,8 @@ def export(out: str | Path, storage: str, *, space_path: str | Path, epochs: int
 def _recipe_columns(record: Mapping[str, Any]) -> dict[str, Any]:
     """The ``train.*`` columns of a record that decide a run's numbers (not its seed, device,
     threads, ...): equal for every run of one table."""
-    return {k: v for k, v in record.items() if k.startswith(TRAIN_PREFIX) and v is not None
-            and k.removeprefix(TRAIN_PREFIX) not in EXECUTION_FIELDS}
+    return recipe_numbers({k.removeprefix(TRAIN_PREFIX): v for k, v in record.items()
+                           if k.startswith(TRAIN_PREFIX)})
 
 
 def _table_rows(runs: Iterable[tuple[dict[str, Any], list[dict[str, Any]]]]) -> pd.DataFrame:
