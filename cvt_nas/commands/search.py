@@ -57,6 +57,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="local worker processes on the study (optuna backend); with "
                         "--backend table, simulated asynchronous workers")
     p.add_argument("--gpus", type=gpus_arg, help=f"optuna: {GPUS_HELP}")
+    p.add_argument("--pack", type=positive_int, default=1, metavar="K",
+                   help="optuna: up to K trials at once in each worker, on its one device, as "
+                        "many as its free memory fits by the memory model; a trial that runs out "
+                        "of memory beside others is run again alone (docs/distributed.md)")
     p.add_argument("--threads", type=positive_int,
                    help="torch threads per trial (default: CPU cores // workers)")
     p.add_argument("--device", type=device_arg, help="override train.device (cpu, cuda, cuda:1, auto)")
@@ -121,8 +125,15 @@ def run(args: argparse.Namespace) -> int:
     if exact and args.backend == "ray":
         raise ValueError("--deterministic is for the optuna backend (Ray's scheduler decides "
                          "what a trial sees); drop --backend ray")
-    if args.n_workers < 1 or trials < 1:
-        raise ValueError("--n-workers and --trials must be >= 1")
+    if args.n_workers < 1 or trials < 1 or args.pack < 1:
+        raise ValueError("--n-workers, --trials and --pack must be >= 1")
+    if args.pack > 1 and args.backend != "optuna":
+        raise ValueError(f"--pack is for the optuna backend; {args.backend.split(':')[0]} "
+                         "places trials itself (ray: --gpus-per-trial 0.25 shares a GPU; "
+                         "table: nothing is trained)")
+    if args.pack > 1 and exact:
+        raise ValueError("--pack runs trials side by side in threads, so their timing decides "
+                         "what they see; drop --pack or --deterministic")
     if args.dry_run:
         _describe(space, analyze(space), trials, objectives)
         return 0
@@ -137,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         space, runner = prepare(space, table, objectives, seed)
     # float results depend on the thread count: a deterministic search must not take it from
     # --n-workers
-    threads = args.threads or (1 if exact else max(1, _cpus() // args.n_workers))
+    threads = args.threads or (1 if exact else max(1, _cpus() // (args.n_workers * args.pack)))
     if args.backend == "ray":
         threads = args.threads or max(1, int(args.cpus_per_trial))
     from cvt_nas.common.gpus import select_gpus, visible_gpus
@@ -173,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
                        population_size=args.population_size or defaults.get("population_size"),
                        heartbeat=args.heartbeat or None,
                        reuse_duplicates=not args.retrain_duplicates, runner=runner,
-                       deterministic=exact)
+                       deterministic=exact, pack=args.pack)
     gpus = select_gpus(args.gpus, visible, search.device) if args.backend == "optuna" else ()
     if exact:
         from cvt_nas.search.deterministic import check_run
@@ -190,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if exact:  # only then: the settings of other searches stay as they were
         meta["settings"]["deterministic"] = True
+    if args.pack > 1:
+        meta["settings"]["pack"] = args.pack
     print(f"cvt-nas search: study {study!r} ({args.backend}, {sampler}, pruner {pruner}), "
           f"{trials} trials, objectives {objectives}, storage {redact(url)}",
           file=sys.stderr)

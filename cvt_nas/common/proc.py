@@ -35,16 +35,20 @@ def start_time(pid: int) -> str | None:
         return None
 
 
-def worker_tag(pid: int | None = None) -> str:
-    """``host:pid:start`` of this process (or of ``pid``), unique on a machine across pid reuse."""
+def worker_tag(pid: int | None = None, thread: int | None = None) -> str:
+    """``host:pid:start`` of this process (or of ``pid``), unique on a machine across pid reuse;
+    ``host:pid:start#thread`` for one of several trial threads of a process (``--pack``)."""
     pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{start_time(pid) or ''}"
+    tag = f"{socket.gethostname()}:{pid}:{start_time(pid) or ''}"
+    return tag if thread is None else f"{tag}#{thread}"
 
 
 def parse_tag(tag: str) -> WorkerTag:
-    """Split a tag made by `worker_tag` (a malformed pid reads as None)."""
+    """Split a tag made by `worker_tag` (a malformed pid reads as None; a thread is dropped:
+    a process's threads live and die with it)."""
     host, _, rest = tag.partition(":")
     pid, _, start = rest.partition(":")
+    start = start.partition("#")[0]
     return WorkerTag(host, int(pid) if pid.isdigit() else None, start)
 
 

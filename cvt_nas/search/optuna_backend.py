@@ -16,14 +16,18 @@ or Hyperband pruners on the per-epoch reports. Multi-objective studies cannot (O
 
 Reproducible parallel runs (``--deterministic``): `run_worker` takes each trial's step and the
 wait before it from `cvt_nas.search.deterministic`.
+
+Several trials per device (``--pack K``): each worker process runs K `run_worker` loops in
+threads, trials admitted by one `cvt_nas.training.packing.DeviceGate` (`run_threads`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +71,7 @@ class SearchRun:
     reuse_duplicates: bool = True
     runner: Runner | None = field(default=None, repr=False)  # None: train here (LocalRunner)
     deterministic: bool = False  # the same trials for any number of workers (`deterministic`)
+    pack: int = 1  # most trials at once per worker process, memory permitting (`run_threads`)
 
     @property
     def epochs(self) -> int:
@@ -216,8 +221,10 @@ class Objective:
     result a duplicate may copy.
     """
 
-    def __init__(self, run: SearchRun, study: optuna.Study, own_stream: bool = True) -> None:
-        self.run, self.study, self.tag, self.surplus = run, study, worker_tag(), False
+    def __init__(self, run: SearchRun, study: optuna.Study, own_stream: bool = True,
+                 tag: str | None = None) -> None:
+        self.run, self.study, self.surplus = run, study, False
+        self.tag = tag or worker_tag()
         self.current: optuna.Trial | None = None
         self.own_stream = own_stream
         self.reusable: Callable[[optuna.trial.FrozenTrial], bool] | None = None
@@ -288,12 +295,16 @@ class Objective:
         raise TrialFailed(f"{outcome.status}: {outcome.record.get('reason')}")
 
 
-def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = None) -> int:
+def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = None,
+               thread: int | None = None,
+               started: Callable[[Objective], None] | None = None) -> int:
     """Run trials of the study until it holds ``run.trials``; returns how many this one ran.
 
     ``storage``: an open storage to use instead of ``run.storage_url`` (e.g. Optuna's
     in-memory one, for simulated studies). A trained model's memory is collected after each
     trial; a runner that trains nothing (``run.runner``, e.g. a table) skips that.
+    ``thread``: this loop's thread in a packed worker (`run_threads`), part of its worker tag;
+    ``started`` gets the loop's `Objective` (to abandon its trial on a stop).
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if storage is None:
@@ -301,7 +312,9 @@ def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = Non
     study = store.open_study(storage, run.settings.study, run.settings.objectives,
                              pruner=make_pruner(run))
     store.fail_dead_trials(study)  # a dead worker is not another live one
-    objective = Objective(run, study)
+    objective = Objective(run, study, tag=worker_tag(thread=thread))
+    if started is not None:
+        started(objective)
     if run.deterministic:  # a plan decides what each trial draws, and when it may start
         step, more = deterministic.worker(run, study, objective, keyed_sampler)
     else:
@@ -346,7 +359,69 @@ def _grid_done(study: optuna.Study, run: SearchRun) -> bool:
 def _worker_entry(run: SearchRun, index: int) -> None:
     if run.settings.threads:
         os.environ["OMP_NUM_THREADS"] = str(run.settings.threads)
-    run_worker(run, index)
+    if run.pack > 1:
+        run_threads(run, index)
+    else:
+        run_worker(run, index)
+
+
+def packed_runner(run: SearchRun) -> Runner:
+    """The `PackedRunner` of a worker process: one `DeviceGate` over its trials' device (its
+    free memory now, less 10 %; at most ``run.pack`` trials), sized by the device's stored
+    memory calibration (`cvt_nas.training.memory.load_calibration`) when there is one."""
+    from cvt_nas.common.proc import cpu_name
+    from cvt_nas.search.trial import PackedRunner
+    from cvt_nas.training.engine import resolve_precision
+    from cvt_nas.training.memory import load_calibration
+    from cvt_nas.training.packing import DeviceGate, device_capacity
+    from cvt_nas.training.trainer import resolve_device
+
+    train = run.space.random(0).train
+    device = resolve_device(run.device)
+    precision = resolve_precision(train.precision if train is not None else "auto", device)
+    if device.type == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = cpu_name()
+    gate = DeviceGate(device_capacity(str(device)), run.pack)
+    return PackedRunner(gate, load_calibration(name, precision))
+
+
+def run_threads(run: SearchRun, index: int) -> int:
+    """Worker ``index`` with ``run.pack`` trial loops in threads of this process, sharing one
+    `packed_runner`; returns the trials they ran. A stop (``KeyboardInterrupt`` in this, the
+    main thread) fails and requeues every loop's running trial, then propagates; a loop that
+    raises stops the others after their trials and is raised here."""
+    packed = replace(run, runner=packed_runner(run))
+    loops: list[Objective] = []
+    ran = [0] * run.pack
+    errors: list[BaseException] = []
+
+    def loop(j: int) -> None:
+        try:
+            ran[j] = run_worker(packed, index * run.pack + j, thread=j, started=loops.append)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            errors.append(exc)
+            STOP.set()
+
+    threads = [threading.Thread(target=loop, args=(j,), name=f"cvt-nas-trial-{j}", daemon=True)
+               for j in range(run.pack)]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+    except KeyboardInterrupt:
+        STOP.set()
+        for objective in loops:
+            objective.abandon()
+        raise
+    if errors:
+        raise errors[0]
+    return sum(ran)
 
 
 def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[str, Any],
@@ -386,5 +461,5 @@ def run_search(run: SearchRun, n_workers: int, out_dir: str | Path, meta: dict[s
 
 
 __all__ = ["OPTUNA_PRUNERS", "SearchRun", "SurplusTrial", "TrialFailed", "Objective",
-           "keyed_sampler", "make_pruner", "make_sampler", "resume_seed", "run_search", "run_worker",
-           "sampler_seed", "stream_seed"]
+           "keyed_sampler", "make_pruner", "make_sampler", "packed_runner", "resume_seed",
+           "run_search", "run_threads", "run_worker", "sampler_seed", "stream_seed"]

@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cvt_nas.common.gpus import cpu_warning, worker_label
 from cvt_nas.common.proc import worker_tag
@@ -29,14 +30,18 @@ from cvt_nas.space import INVALID, Sample, SearchSpace, Violation, parse_objecti
 from cvt_nas.training.config import TrainConfig
 from cvt_nas.training.datasets import adapt_config
 
+if TYPE_CHECKING:
+    from cvt_nas.training.memory import Calibration
+    from cvt_nas.training.packing import DeviceGate
+
 Report = Callable[[int, dict[str, Any]], None]
 # What an infeasible trial "scores" for a sampler (never shown as a result): worst accuracy,
 # its true costs, and an unknown (infinite) latency.
 LATENCY_UNKNOWN = math.inf
 
 __all__ = [
-    "Gate", "LATENCY_UNKNOWN", "LocalRunner", "Outcome", "Runner", "TrialSettings", "evaluate",
-    "gate", "preflight",
+    "Gate", "LATENCY_UNKNOWN", "LocalRunner", "Outcome", "PackedRunner", "Runner", "TrialSettings",
+    "evaluate", "gate", "preflight",
     "measure_latency", "objective_values", "parse_objectives", "record_extra", "worker_tag",
 ]
 
@@ -146,6 +151,43 @@ class LocalRunner:
 
     def finish(self, record: dict[str, Any], result: Any | None) -> None:
         """Nothing to add: `make_record` wrote every column of a trained trial."""
+
+
+class PackedRunner(LocalRunner):
+    """Trains samples as `LocalRunner` does, several at once from threads of one process
+    (``cvt-nas search --pack K``): every trial passes one `cvt_nas.training.packing.DeviceGate`,
+    which starts it when its estimated peak memory (`cvt_nas.training.packing.trial_memory`)
+    fits beside the running ones and runs it again alone if it ran out of memory beside them.
+    Records get ``co_tenants`` (trials already running when it started), ``memory_estimate``
+    (bytes) and ``retried_alone``.
+    """
+
+    def __init__(self, gate: DeviceGate, calibration: Calibration | None = None) -> None:
+        self.gate, self.calibration = gate, calibration
+        self._local = threading.local()  # the packed run of this thread's current trial
+
+    def run(self, sample: Sample, g: Gate, report: Report | None) -> Any:
+        from cvt_nas.training.packing import trial_memory
+        from cvt_nas.training.trainer import run_trial
+
+        assert sample.model is not None and g.train is not None
+        model, train = sample.model, g.train
+        estimate = trial_memory(model, train, self.calibration).total
+        packed = self.gate.run(estimate, lambda: run_trial(model, train, report=report,
+                                                           cost=g.cost))
+        self._local.packed = packed
+        return packed.result
+
+    def finish(self, record: dict[str, Any], result: Any | None) -> None:
+        packed, self._local.packed = getattr(self._local, "packed", None), None
+        if packed is None or result is None:
+            return
+        record["co_tenants"] = packed.co_tenants
+        record["memory_estimate"] = packed.estimate_bytes
+        record["retried_alone"] = packed.retried_alone
+        if packed.retried_alone:
+            note = f"ran out of memory beside other trials ({packed.first_error}); run again alone"
+            record["warning"] = "; ".join(filter(None, (record.get("warning"), note)))
 
 
 def gate(space: SearchSpace, sample: Sample, settings: TrialSettings) -> Gate:

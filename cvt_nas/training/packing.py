@@ -8,7 +8,10 @@ one graph launch that releases the GIL, and captures take turns under one lock.
 How many run together comes from the memory model (`cvt_nas.training.memory`): a trial starts
 when its estimated peak fits beside the running ones within the device's free memory (less a
 reserve), up to ``max_k``. A trial that still runs out of memory while sharing the device is run
-again alone after the others, and `PackedRun` records that it was.
+again alone (new trials wait meanwhile), and `PackedRun` records that it was. `DeviceGate` is
+that admission, shared by the threads of a process: `run_packed` runs a list of trials through
+it, and a search's ``--pack`` workers (`cvt_nas.search.optuna_backend`) run one Optuna loop per
+thread through it.
 
 Concurrent trials seed their initial weights and data order exactly as alone; draws from the
 process-wide generators during training (dropout, drop-path, Mixup) interleave between threads,
@@ -18,7 +21,8 @@ so such runs are not bit-for-bit repeatable when packed.
 from __future__ import annotations
 
 import concurrent.futures as cf
-from collections import deque
+import functools
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,10 +34,10 @@ from cvt_nas.training.trainer import TrialResult, run_trial
 
 RunFn = Callable[[CvTConfig, TrainConfig], TrialResult]
 
-__all__ = ["PackedRun", "run_packed", "trial_memory"]
+__all__ = ["DeviceGate", "PackedRun", "device_capacity", "run_packed", "trial_memory"]
 
 
-@dataclass
+@dataclass(eq=False)  # told apart by identity in the gate's running list
 class PackedRun:
     """One trial of a packed batch: its result and how it ran."""
 
@@ -60,11 +64,93 @@ def trial_memory(model_cfg: CvTConfig, train_cfg: TrainConfig,
                     train_cfg.eval_batch_size)
 
 
+class DeviceGate:
+    """Admission of trials onto one device, shared by threads: `run` blocks until the trial's
+    estimate fits beside the running trials (`MemoryBudget`; alone, anything runs), and a trial
+    that ran out of memory while sharing is run again alone before anything new starts."""
+
+    def __init__(self, capacity_bytes: int, max_k: int, reserve: float = 0.1) -> None:
+        if max_k < 1:
+            raise ValueError(f"max_k must be >= 1, got {max_k}")
+        if not 0.0 <= reserve < 1.0:
+            raise ValueError(f"reserve must be in [0, 1), got {reserve}")
+        self.capacity = int(capacity_bytes * (1.0 - reserve))
+        self.budget = MemoryBudget(self.capacity, max_k)
+        self._cond = threading.Condition()
+        self._running: list[PackedRun] = []
+        self._alone_waiting = 0  # retries waiting for the device to empty
+
+    def _admit(self, info: PackedRun) -> None:
+        with self._cond:
+            while self._alone_waiting or not self.budget.fits(info.estimate_bytes):
+                self._cond.wait()
+            self.budget.admit(info.estimate_bytes)
+            info.co_tenants = len(self._running)
+            if self._running:
+                for other in [info, *self._running]:
+                    other.shared = True
+            self._running.append(info)
+
+    def _leave(self, info: PackedRun, retry: bool = False) -> None:
+        with self._cond:
+            self.budget.release(info.estimate_bytes)
+            self._running.remove(info)
+            if retry:  # under the same lock: nothing new slips in before the retry
+                self._alone_waiting += 1
+            self._cond.notify_all()
+
+    def run(self, estimate_bytes: int, trial: Callable[[], TrialResult],
+            index: int = 0) -> PackedRun:
+        """Run ``trial`` (estimated to peak at ``estimate_bytes``) once admitted; an
+        out-of-memory result of a shared run is retried alone (the returned `PackedRun` says
+        so). ``index`` is copied into the `PackedRun`."""
+        info = PackedRun(index, estimate_bytes, co_tenants=0)
+        self._admit(info)
+        retry = False
+        try:
+            info.result = trial()
+            retry = info.result.status == "oom" and info.shared
+        finally:
+            self._leave(info, retry)
+        if not retry:
+            return info
+        with self._cond:  # wait for the device to empty; nothing new starts meanwhile
+            while self._running:
+                self._cond.wait()
+            self._alone_waiting -= 1
+            self.budget.admit(estimate_bytes)
+            self._running.append(info)
+        assert info.result is not None
+        info.first_error, info.retried_alone = info.result.error, True
+        try:
+            info.result = trial()
+        finally:
+            self._leave(info)
+        return info
+
+
+def device_capacity(device: str) -> int:
+    """Free memory of a device now: CUDA's free bytes, or the host's available memory for the
+    CPU (``MemAvailable``; a machine without /proc/meminfo counts as unlimited)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2**62
+
+
 def run_packed(jobs: Sequence[tuple[CvTConfig, TrainConfig]], max_k: int,
                capacity_bytes: int | None = None, calibration: Calibration | None = None,
                reserve: float = 0.1, run: RunFn = run_trial,
                sizes: Sequence[int] | None = None) -> list[PackedRun]:
-    """Run ``jobs`` with up to ``max_k`` at once on one device; results in job order.
+    """Run ``jobs`` with up to ``max_k`` at once on one device (`DeviceGate`); results in job
+    order.
 
     Args:
         jobs: (model config, train config) pairs; all on the same device.
@@ -77,37 +163,11 @@ def run_packed(jobs: Sequence[tuple[CvTConfig, TrainConfig]], max_k: int,
             already have them).
     """
     if capacity_bytes is None:
-        import torch
-
-        capacity_bytes = torch.cuda.mem_get_info()[0]
+        capacity_bytes = device_capacity("cuda")
     estimates = list(sizes) if sizes is not None else [
         trial_memory(m, t, calibration).total for m, t in jobs]
-    budget = MemoryBudget(int(capacity_bytes * (1.0 - reserve)), max_k)
-    pending = deque(range(len(jobs)))
-    done: dict[int, PackedRun] = {}
-    retry: list[int] = []
+    gate = DeviceGate(capacity_bytes, max_k, reserve)
     with cf.ThreadPoolExecutor(max_workers=max_k, thread_name_prefix="trial") as pool:
-        running: dict[cf.Future[TrialResult], PackedRun] = {}
-        while pending or running:
-            while pending and budget.fits(estimates[pending[0]]):
-                i = pending.popleft()
-                info = PackedRun(i, estimates[i], co_tenants=len(running))
-                if running:
-                    for other in [info, *running.values()]:
-                        other.shared = True
-                budget.admit(estimates[i])
-                running[pool.submit(run, *jobs[i])] = info
-            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for future in finished:
-                info = running.pop(future)
-                budget.release(info.estimate_bytes)
-                info.result = future.result()
-                done[info.index] = info
-                if info.result.status == "oom" and info.shared:
-                    retry.append(info.index)
-    for i in retry:  # alone now: nothing else holds memory
-        info = done[i]
-        assert info.result is not None
-        info.first_error, info.retried_alone = info.result.error, True
-        info.result = run(*jobs[i])
-    return [done[i] for i in range(len(jobs))]
+        futures = [pool.submit(gate.run, estimates[i], functools.partial(run, *job), i)
+                   for i, job in enumerate(jobs)]
+        return [f.result() for f in futures]

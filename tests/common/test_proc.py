@@ -64,3 +64,15 @@ def test_cpu_name_is_the_model_line_of_proc_cpuinfo() -> None:
     models = [line.split(":", 1)[1].strip() for line in
               Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
     assert cpu_name() == (models[0] if models else cpu_name()) and cpu_name()
+
+
+def test_a_trial_thread_tag_lives_and_dies_with_its_process() -> None:
+    """``--pack`` loops tag their trials ``host:pid:start#thread``: distinct tags (their own
+    sampler streams), one liveness (the process's)."""
+    me, first, second = worker_tag(), worker_tag(thread=0), worker_tag(thread=1)
+    assert first == f"{me}#0" and second == f"{me}#1" and len({me, first, second}) == 3
+    assert parse_tag(second) == parse_tag(me) and alive(second)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    tag = worker_tag(child.pid, thread=3)
+    child.wait()
+    assert not alive(tag)

@@ -15,7 +15,7 @@ from cvt_nas.model.network import CvT
 from cvt_nas.model.presets import get_config
 from cvt_nas.training import memory
 from cvt_nas.training.config import TrainConfig
-from cvt_nas.training.packing import run_packed, trial_memory
+from cvt_nas.training.packing import DeviceGate, PackedRun, run_packed, trial_memory
 from cvt_nas.training.trainer import TrialResult, make_optimizer, run_trial
 
 MICRO = get_config("cvt_micro")
@@ -205,3 +205,63 @@ def test_packed_cpu_trials_in_threads_equal_the_same_trials_alone() -> None:
         assert p.result is not None and p.result.status == a.status == "complete"
         assert p.result.history[0]["train_loss"] == a.history[0]["train_loss"]
         assert p.result.val_top1 == a.val_top1
+
+
+def test_device_gate_holds_new_trials_while_an_oom_waits_to_run_alone() -> None:
+    """Stand-in trials again: A and B share the device, A runs out of memory; C, arriving while
+    A's retry waits for B, must not start before the retry has run alone."""
+    gate = DeviceGate(capacity_bytes=100, max_k=3, reserve=0.0)
+    order: list[str] = []
+    lock = threading.Lock()
+    b_running, b_release = threading.Event(), threading.Event()
+    attempts = {"A": 0}
+
+    def log(name: str) -> None:
+        with lock:
+            order.append(f"{name}+{len(gate._running)}")
+
+    def trial_a() -> TrialResult:
+        attempts["A"] += 1
+        log("A")
+        if attempts["A"] == 1:
+            b_running.wait(30)
+            return fake_result("oom", "CUDA out of memory (stand-in)")
+        return fake_result("complete")
+
+    def trial_b() -> TrialResult:
+        log("B")
+        b_running.set()
+        b_release.wait(30)
+        return fake_result("complete")
+
+    def trial_c() -> TrialResult:
+        log("C")
+        return fake_result("complete")
+
+    results: dict[str, PackedRun] = {}
+    ta = threading.Thread(target=lambda: results.setdefault("A", gate.run(40, trial_a)))
+    tb = threading.Thread(target=lambda: results.setdefault("B", gate.run(40, trial_b)))
+    ta.start()
+    tb.start()
+    b_running.wait(30)
+    ta.join(0.5)  # A's shared attempt ends; its retry waits for B
+    tc = threading.Thread(target=lambda: results.setdefault("C", gate.run(10, trial_c)))
+    tc.start()
+    tc.join(0.5)
+    assert not any(x.startswith("C") for x in order)  # held back, though it would fit
+    b_release.set()
+    for t in (ta, tb, tc):
+        t.join(30)
+    assert sorted(x[0] for x in order[:2]) == ["A", "B"]  # A's first attempt beside B
+    assert order[2:] == ["A+1", "C+1"]  # then A's retry alone, then C
+    assert results["A"].retried_alone and results["A"].first_error is not None
+    assert results["A"].result is not None and results["A"].result.status == "complete"
+    assert not results["B"].retried_alone and results["B"].shared
+    assert results["C"].co_tenants == 0 and not results["C"].shared
+    assert gate._running == [] and gate.budget.running == []
+
+
+def test_device_gate_refuses_bad_settings() -> None:
+    for bad in ({"max_k": 0}, {"reserve": 1.0}, {"reserve": -0.1}):
+        with pytest.raises(ValueError):
+            DeviceGate(**{"capacity_bytes": 100, "max_k": 2, **bad})
