@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--pack is for the optuna backend; {args.backend.split(':')[0]} "
                          "places trials itself (ray: --gpus-per-trial 0.25 shares a GPU; "
                          "table: nothing is trained)")
+    if args.pack > 1 and "latency" in objectives:
+        raise ValueError("--pack: the latency objective is measured while other trials run on "
+                         "the device, so it would time them too; drop --pack or latency")
     if args.pack > 1 and exact:
         raise ValueError("--pack runs trials side by side in threads, so their timing decides "
                          "what they see; drop --pack or --deterministic")
@@ -186,6 +190,9 @@ def run(args: argparse.Namespace) -> int:
                        reuse_duplicates=not args.retrain_duplicates, runner=runner,
                        deterministic=exact, pack=args.pack)
     gpus = select_gpus(args.gpus, visible, search.device) if args.backend == "optuna" else ()
+    if args.pack > 1:  # workers on one device pack into their share of its memory
+        search = replace(search, device_share=-(-args.n_workers // len(gpus)) if gpus
+                         else args.n_workers)
     if exact:
         from cvt_nas.search.deterministic import check_run
 

@@ -40,7 +40,16 @@ from cvt_nas.search import deterministic
 from cvt_nas.search import study as store
 from cvt_nas.search.progress import Progress
 from cvt_nas.search.rungs import promotable, rung_epochs, to_point
-from cvt_nas.search.trial import Gate, Report, Runner, TrialSettings, evaluate, worker_tag
+from cvt_nas.search.trial import (
+    Gate,
+    LocalRunner,
+    PackedRunner,
+    Report,
+    Runner,
+    TrialSettings,
+    evaluate,
+    worker_tag,
+)
 from cvt_nas.space import SearchSpace, SpaceError
 
 OPTUNA_PRUNERS = ("none", "median", "sha", "hyperband", "pareto-sha")
@@ -72,6 +81,7 @@ class SearchRun:
     runner: Runner | None = field(default=None, repr=False)  # None: train here (LocalRunner)
     deterministic: bool = False  # the same trials for any number of workers (`deterministic`)
     pack: int = 1  # most trials at once per worker process, memory permitting (`run_threads`)
+    device_share: int = 1  # worker processes on one device: each packs into its share of it
 
     @property
     def epochs(self) -> int:
@@ -173,6 +183,7 @@ def _reporter(run: SearchRun, study: optuna.Study, trial: optuna.Trial) -> Repor
             value = metrics.get("val_top1")
             if value is None:
                 return
+            del curve[epoch - 1:]  # a trial run again (`--pack`'s retry alone) starts over
             curve.append(float(value))
             trial.set_user_attr("curve", curve)
             if epoch not in rungs:
@@ -297,14 +308,16 @@ class Objective:
 
 def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = None,
                thread: int | None = None,
-               started: Callable[[Objective], None] | None = None) -> int:
+               started: Callable[[Objective], None] | None = None,
+               stop: threading.Event | None = None) -> int:
     """Run trials of the study until it holds ``run.trials``; returns how many this one ran.
 
     ``storage``: an open storage to use instead of ``run.storage_url`` (e.g. Optuna's
     in-memory one, for simulated studies). A trained model's memory is collected after each
     trial; a runner that trains nothing (``run.runner``, e.g. a table) skips that.
     ``thread``: this loop's thread in a packed worker (`run_threads`), part of its worker tag;
-    ``started`` gets the loop's `Objective` (to abandon its trial on a stop).
+    ``started`` gets the loop's `Objective` (to abandon its trial on a stop); ``stop``, when
+    set, ends the loop after its trial (as `STOP` does, which only signals set).
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if storage is None:
@@ -321,14 +334,15 @@ def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = Non
         seed, objective.own_stream = sampler_seed(study, run.seed, index, objective.tag)
         study.sampler = make_sampler(run, seed)
         step, more = objective, (lambda: _unfinished(study, run))
+    trains = run.runner is None or isinstance(run.runner, LocalRunner)
     ran = 0
     try:
-        while not STOP.is_set():
+        while not STOP.is_set() and not (stop is not None and stop.is_set()):
             # dead trials (this machine: by pid; others: by heartbeat) are failed and their
             # parameters queued before each count, since a dead RUNNING trial still counts
             if not more():
                 break
-            study.optimize(step, n_trials=1, gc_after_trial=run.runner is None,
+            study.optimize(step, n_trials=1, gc_after_trial=trains,
                            catch=(TrialFailed, SurplusTrial, deterministic.SlotTaken))
             ran += 1
             if objective.surplus:
@@ -365,12 +379,12 @@ def _worker_entry(run: SearchRun, index: int) -> None:
         run_worker(run, index)
 
 
-def packed_runner(run: SearchRun) -> Runner:
+def packed_runner(run: SearchRun) -> PackedRunner:
     """The `PackedRunner` of a worker process: one `DeviceGate` over its trials' device (its
-    free memory now, less 10 %; at most ``run.pack`` trials), sized by the device's stored
-    memory calibration (`cvt_nas.training.memory.load_calibration`) when there is one."""
+    free memory now, divided among the ``run.device_share`` workers on that device, less 10 %;
+    at most ``run.pack`` trials), sized by the device's stored memory calibration
+    (`cvt_nas.training.memory.load_calibration`) when there is one."""
     from cvt_nas.common.proc import cpu_name
-    from cvt_nas.search.trial import PackedRunner
     from cvt_nas.training.engine import resolve_precision
     from cvt_nas.training.memory import load_calibration
     from cvt_nas.training.packing import DeviceGate, device_capacity
@@ -385,7 +399,7 @@ def packed_runner(run: SearchRun) -> Runner:
         name = torch.cuda.get_device_name(device)
     else:
         name = cpu_name()
-    gate = DeviceGate(device_capacity(str(device)), run.pack)
+    gate = DeviceGate(device_capacity(str(device)) // max(1, run.device_share), run.pack)
     return PackedRunner(gate, load_calibration(name, precision))
 
 
@@ -393,18 +407,21 @@ def run_threads(run: SearchRun, index: int) -> int:
     """Worker ``index`` with ``run.pack`` trial loops in threads of this process, sharing one
     `packed_runner`; returns the trials they ran. A stop (``KeyboardInterrupt`` in this, the
     main thread) fails and requeues every loop's running trial, then propagates; a loop that
-    raises stops the others after their trials and is raised here."""
+    raises stops the others after their trials (its own event: `STOP` stays for signals) and is
+    raised here."""
     packed = replace(run, runner=packed_runner(run))
     loops: list[Objective] = []
     ran = [0] * run.pack
     errors: list[BaseException] = []
+    failed = threading.Event()
 
     def loop(j: int) -> None:
         try:
-            ran[j] = run_worker(packed, index * run.pack + j, thread=j, started=loops.append)
+            ran[j] = run_worker(packed, index * run.pack + j, thread=j, started=loops.append,
+                                stop=failed)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             errors.append(exc)
-            STOP.set()
+            failed.set()
 
     threads = [threading.Thread(target=loop, args=(j,), name=f"cvt-nas-trial-{j}", daemon=True)
                for j in range(run.pack)]

@@ -13,9 +13,12 @@ that admission, shared by the threads of a process: `run_packed` runs a list of 
 it, and a search's ``--pack`` workers (`cvt_nas.search.optuna_backend`) run one Optuna loop per
 thread through it.
 
-Concurrent trials seed their initial weights and data order exactly as alone; draws from the
-process-wide generators during training (dropout, drop-path, Mixup) interleave between threads,
-so such runs are not bit-for-bit repeatable when packed.
+Concurrent trials seed their data order exactly as alone, and on CUDA their initial weights too.
+Draws from the process-wide generators during training (dropout, drop-path, Mixup) interleave
+between threads, and on the CPU those draws (cvt_micro has drop-path) can fall between another
+thread's seeding and its weight initialisation: packed runs are not bit-for-bit the runs alone
+(on the CPU not even their initial weights). The retry after an out-of-memory error is for
+CUDA's (`torch.cuda.OutOfMemoryError`); the CPU has no such error to catch.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -66,8 +70,10 @@ def trial_memory(model_cfg: CvTConfig, train_cfg: TrainConfig,
 
 class DeviceGate:
     """Admission of trials onto one device, shared by threads: `run` blocks until the trial's
-    estimate fits beside the running trials (`MemoryBudget`; alone, anything runs), and a trial
-    that ran out of memory while sharing is run again alone before anything new starts."""
+    estimate fits beside the running trials (`MemoryBudget`; alone, anything runs), in arrival
+    order (a big trial waiting for room is not overtaken by smaller ones that arrive later), and
+    a trial that ran out of memory while sharing is run again alone before anything new
+    starts."""
 
     def __init__(self, capacity_bytes: int, max_k: int, reserve: float = 0.1) -> None:
         if max_k < 1:
@@ -78,12 +84,19 @@ class DeviceGate:
         self.budget = MemoryBudget(self.capacity, max_k)
         self._cond = threading.Condition()
         self._running: list[PackedRun] = []
+        self._queue: deque[PackedRun] = deque()  # waiting for admission, in arrival order
         self._alone_waiting = 0  # retries waiting for the device to empty
 
     def _admit(self, info: PackedRun) -> None:
         with self._cond:
-            while self._alone_waiting or not self.budget.fits(info.estimate_bytes):
-                self._cond.wait()
+            self._queue.append(info)
+            try:
+                while (self._alone_waiting or self._queue[0] is not info
+                       or not self.budget.fits(info.estimate_bytes)):
+                    self._cond.wait()
+            finally:
+                self._queue.remove(info)
+                self._cond.notify_all()  # the next in line may fit too
             self.budget.admit(info.estimate_bytes)
             info.co_tenants = len(self._running)
             if self._running:

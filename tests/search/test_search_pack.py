@@ -11,6 +11,7 @@ import signal
 import threading
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -22,6 +23,9 @@ from cvt_nas.cli import main
 from cvt_nas.common.proc import parse_tag
 from cvt_nas.common.storage import default_storage_url
 from cvt_nas.search import study as store
+from cvt_nas.search.optuna_backend import SearchRun
+from cvt_nas.search.trial import TrialSettings
+from cvt_nas.space import load_space
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "data" / "tiny_space.yaml"
@@ -36,6 +40,16 @@ def _args(out: Path, *extra: str) -> list[str]:
 def _study(out: Path) -> optuna.Study:
     return optuna.load_study(study_name="tiny",
                              storage=store.make_storage(default_storage_url(out), None))
+
+
+def _run(tmp_path: Path, **kw: Any) -> SearchRun:
+    space = load_space(TINY, overrides={"constraints.max_params": "1M"})
+    settings = TrialSettings(study="tiny", backend="optuna",
+                             objectives={"val_top1": "max", "macs": "min"}, threads=1)
+    url = default_storage_url(tmp_path)
+    store.open_study(store.make_storage(url, None), "tiny", settings.objectives, space=space)
+    return SearchRun(space=space, settings=settings, storage_url=url, trials=3,
+                     sampler="random", seed=0, **kw)
 
 
 def test_two_trial_threads_share_one_worker_and_record_how_they_ran(tmp_path: Path) -> None:
@@ -61,19 +75,11 @@ def test_two_trial_threads_share_one_worker_and_record_how_they_ran(tmp_path: Pa
 
 def test_pack_with_no_room_for_two_runs_trials_one_at_a_time(tmp_path: Path) -> None:
     """A capacity below one trial's estimate: the gate still runs each trial, alone."""
-    from cvt_nas.search.optuna_backend import SearchRun, run_worker
-    from cvt_nas.search.trial import PackedRunner, TrialSettings
-    from cvt_nas.space import load_space
+    from cvt_nas.search.optuna_backend import run_worker
+    from cvt_nas.search.trial import PackedRunner
     from cvt_nas.training.packing import DeviceGate
 
-    space = load_space(TINY, overrides={"constraints.max_params": "1M"})
-    settings = TrialSettings(study="tiny", backend="optuna",
-                             objectives={"val_top1": "max", "macs": "min"}, threads=1)
-    url = default_storage_url(tmp_path)
-    storage = store.make_storage(url, None)
-    store.open_study(storage, "tiny", settings.objectives, space=space)
-    run = SearchRun(space=space, settings=settings, storage_url=url, trials=3, sampler="random",
-                    seed=0, runner=PackedRunner(DeviceGate(1, max_k=2, reserve=0.0)))
+    run = _run(tmp_path, runner=PackedRunner(DeviceGate(1, max_k=2, reserve=0.0)))
     ran = [0, 0]
 
     def loop(j: int) -> None:
@@ -90,11 +96,45 @@ def test_pack_with_no_room_for_two_runs_trials_one_at_a_time(tmp_path: Path) -> 
     assert [r["co_tenants"] for r in records] == [0, 0, 0]  # never two at once
 
 
+def test_workers_sharing_a_device_pack_into_their_share_of_its_memory(tmp_path: Path) -> None:
+    from cvt_nas.search.optuna_backend import packed_runner
+    from cvt_nas.training.packing import device_capacity
+
+    runner = packed_runner(_run(tmp_path, pack=2, device_share=4))
+    expected = device_capacity("cpu") // 4 * 0.9  # the host's memory on this CPU machine
+    assert runner.gate.capacity == pytest.approx(expected, rel=0.05)
+    assert runner.gate.budget.max_k == 2
+
+
+def test_a_loop_that_raises_stops_the_others_but_not_the_signal_handling(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runner that raises (not a failed trial: a bug) ends every loop of the worker and is
+    raised; the process-wide STOP, which only signals set, stays clear."""
+    from cvt_nas.common.pool import STOP
+    from cvt_nas.search import optuna_backend
+    from cvt_nas.search.trial import PackedRunner
+    from cvt_nas.training.packing import DeviceGate
+
+    class Broken(PackedRunner):
+        def run(self, sample, g, report):  # type: ignore[no-untyped-def]
+            raise RuntimeError("broken runner")
+
+    monkeypatch.setattr(optuna_backend, "packed_runner",
+                        lambda run: Broken(DeviceGate(2**40, run.pack)))
+    STOP.clear()
+    with pytest.raises(RuntimeError, match="broken runner"):
+        optuna_backend.run_threads(_run(tmp_path, pack=2), 0)
+    assert not STOP.is_set()
+    states = Counter(t.state.name for t in _study(tmp_path).get_trials(deepcopy=False))
+    assert states["RUNNING"] == 0 and states["FAIL"] >= 1 and sum(states.values()) <= 4
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--pack", "0"], "--pack: expected an integer >= 1"),
     (["--deterministic"], "--pack runs trials side by side in threads"),
     (["--backend", "ray"], "--pack is for the optuna backend; ray places trials itself"),
     (["--backend", "table:nowhere"], "--pack is for the optuna backend; table places trials"),
+    (["--objectives", "val_top1:max,latency:min"], "--pack: the latency objective is measured"),
 ])
 def test_bad_pack_settings_are_one_line_and_exit_2(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str

@@ -7,6 +7,8 @@ GPU calibration and packed GPU runs are measured by scripts/gpu_check.sh.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -265,3 +267,39 @@ def test_device_gate_refuses_bad_settings() -> None:
     for bad in ({"max_k": 0}, {"reserve": 1.0}, {"reserve": -0.1}):
         with pytest.raises(ValueError):
             DeviceGate(**{"capacity_bytes": 100, "max_k": 2, **bad})
+
+
+def test_device_gate_admits_in_arrival_order() -> None:
+    """A big trial waiting for the device to empty is not overtaken by a small one that arrives
+    after it, though the small one would fit."""
+    gate = DeviceGate(capacity_bytes=100, max_k=4, reserve=0.0)
+    order: list[str] = []
+    first_in, release = threading.Event(), threading.Event()
+
+    def first() -> TrialResult:
+        order.append("first")
+        first_in.set()
+        release.wait(30)
+        return fake_result("complete")
+
+    def named(name: str) -> Callable[[], TrialResult]:
+        def trial() -> TrialResult:
+            order.append(name)
+            return fake_result("complete")
+        return trial
+
+    t1 = threading.Thread(target=gate.run, args=(30, first))
+    t1.start()
+    first_in.wait(30)
+    big = threading.Thread(target=gate.run, args=(90, named("big")))
+    big.start()
+    while not gate._queue:  # the big one is waiting
+        time.sleep(0.01)
+    small = threading.Thread(target=gate.run, args=(10, named("small")))
+    small.start()
+    small.join(0.5)
+    assert order == ["first"]  # the small one waits behind the big one
+    release.set()
+    for t in (t1, big, small):
+        t.join(30)
+    assert order == ["first", "big", "small"]
