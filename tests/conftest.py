@@ -289,6 +289,27 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 300.0,
         time.sleep(every)
 
 
+def running_trials(out: Path, at_least: int = 1, study: str = "tiny") -> list[Any]:
+    """The RUNNING trials of the search study in ``out``'s default SQLite storage that have
+    drawn their parameters and not yet written their record, once there are ``at_least`` (none
+    while the study does not exist yet)."""
+    import optuna
+
+    from cvt_nas.common.storage import default_storage_url
+    from cvt_nas.search import study as store
+
+    if not (out / "study.db").exists():
+        return []
+    try:
+        trials = optuna.load_study(study_name=study, storage=store.make_storage(
+            default_storage_url(out), None)).get_trials(deepcopy=False)
+    except KeyError:  # the study is not created yet
+        return []
+    running = [t for t in trials if t.state.name == "RUNNING" and t.params
+               and "worker" in t.user_attrs and "record" not in t.user_attrs]
+    return running if len(running) >= at_least else []
+
+
 # -- the bench tests' small real table (tests/data/tiny_bench/, built by
 # tests/bench/make_tiny_bench.py) -------------------------------------------------------------
 

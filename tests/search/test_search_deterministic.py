@@ -15,7 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import PostgresServer, cvt_nas_running, wait_for, worker_tags
+from conftest import PostgresServer, cvt_nas_running, running_trials, wait_for, worker_tags
 
 from cvt_nas.cli import main
 from cvt_nas.common.proc import parse_tag
@@ -256,17 +256,6 @@ def test_one_two_and_four_workers_sample_and_score_the_same_trials(
     assert len({json.dumps(d, sort_keys=True) for d in drawn}) > 1
 
 
-def _running(out: Path) -> list[optuna.trial.FrozenTrial]:
-    if not (out / "study.db").exists():
-        return []
-    try:
-        trials = _study(out).get_trials(deepcopy=False)
-    except KeyError:
-        return []
-    return [t for t in trials if t.state == RUNNING and t.params and "worker" in t.user_attrs]
-
-
-@pytest.mark.slow  # two searches training every trial, one of them with a killed worker
 def test_a_killed_worker_changes_no_trial(tmp_path: Path) -> None:
     args = ["search", str(TINY), "--deterministic", "--sampler", "nsga2", "--population-size",
             "2", "--trials", "6", "--quiet", "--set", "constraints.max_params=1M",
@@ -275,7 +264,7 @@ def test_a_killed_worker_changes_no_trial(tmp_path: Path) -> None:
     assert main([*args, "--out", str(calm)]) == 0
     with cvt_nas_running([*args, "--out", str(killed), "--n-workers", "2"], tmp_path,
                          log) as proc:
-        victim = wait_for(lambda: _running(killed), "a running trial")[0]
+        victim = wait_for(lambda: running_trials(killed), "a running trial")[0]
         pid = parse_tag(worker_tags([victim], proc)[0]).pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import cvt_nas_running, stop, wait_for, worker_tags
+from conftest import cvt_nas_running, running_trials, stop, wait_for, worker_tags
 
 from cvt_nas.cli import main
 from cvt_nas.common.proc import alive, parse_tag
@@ -39,23 +39,10 @@ def _study(out: Path) -> optuna.Study:
                              storage=store.make_storage(default_storage_url(out), None))
 
 
-def _running(out: Path, at_least: int = 1) -> list[optuna.trial.FrozenTrial]:
-    """The RUNNING trials that have drawn their parameters, once there are ``at_least``."""
-    if not (out / "study.db").exists():
-        return []
-    try:
-        trials = _study(out).get_trials(deepcopy=False)
-    except KeyError:  # the study is not created yet
-        return []
-    running = [t for t in trials if t.state.name == "RUNNING" and t.params
-               and "worker" in t.user_attrs and "record" not in t.user_attrs]
-    return running if len(running) >= at_least else []
-
-
 def test_a_worker_killed_mid_trial_costs_the_study_nothing(tmp_path: Path) -> None:
     out, log = tmp_path / "tiny", tmp_path / "search.log"
     with cvt_nas_running(_args(out, epochs=2), tmp_path, log) as proc:
-        victim = wait_for(lambda: _running(out), "a running trial")[0]
+        victim = wait_for(lambda: running_trials(out), "a running trial")[0]
         pid = parse_tag(worker_tags([victim], proc)[0]).pid  # a worker, not the parent
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
@@ -87,7 +74,7 @@ def test_sigterm_stops_every_worker_and_the_same_command_completes_the_study(
     out, log = tmp_path / "tiny", tmp_path / "search.log"
     args = _args(out, epochs=3)
     with cvt_nas_running(args, tmp_path, log) as proc:
-        running = wait_for(lambda: _running(out, at_least=2), "both workers training")
+        running = wait_for(lambda: running_trials(out, at_least=2), "both workers training")
         tags = worker_tags(running, proc)
         code, stopped = stop(proc, signal.SIGTERM)
     err = log.read_text()

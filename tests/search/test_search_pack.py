@@ -17,7 +17,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import cvt_nas_running, stop, wait_for
+from conftest import cvt_nas_running, running_trials, stop, wait_for
 
 from cvt_nas.cli import main
 from cvt_nas.common.proc import parse_tag
@@ -151,17 +151,7 @@ def test_sigterm_fails_every_threads_trial_and_the_same_command_completes(
     out, log = tmp_path / "tiny", tmp_path / "search.log"
     args = [*_args(out), "--set", "train.epochs=3"]
     with cvt_nas_running(args, tmp_path, log) as proc:
-        def running() -> list[optuna.trial.FrozenTrial]:
-            if not (out / "study.db").exists():
-                return []
-            try:
-                trials = _study(out).get_trials(deepcopy=False)
-            except KeyError:
-                return []
-            live = [t for t in trials if t.state.name == "RUNNING" and t.params]
-            return live if len(live) >= 2 else []
-
-        both = wait_for(running, "both threads training")
+        both = wait_for(lambda: running_trials(out, at_least=2), "both threads training")
         code, _ = stop(proc, signal.SIGTERM)
     err = log.read_text()
     assert code == 128 + signal.SIGTERM, err
