@@ -33,7 +33,7 @@ fi
 start=$(date +%s)
 DEADLINE=${GPU_CHECK_DEADLINE_S:-340}  # leave time for the merge inside 6 minutes
 # part:seconds (the order matters: memory calibrates before packing uses it)
-for spec in env:30 steps:45 trial:60 search:80 cvt13:50 memory:40 packing:75 robust:70 cpu:60; do
+for spec in env:30 steps:45 trial:60 search:85 cvt13:50 memory:40 packing:75 robust:70 cpu:60; do
   part=${spec%%:*}
   budget=${spec##*:}
   left=$(( DEADLINE - ($(date +%s) - start) ))
