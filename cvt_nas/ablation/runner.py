@@ -21,21 +21,26 @@ import math
 import random
 import statistics
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from cvt_nas.ablation.experiment import Experiment, load_experiment
 from cvt_nas.common import fmt
 from cvt_nas.common.gpus import worker_env
-from cvt_nas.common.pool import STOP, run_workers
+from cvt_nas.common.pool import STOP, run_loops, run_workers
 from cvt_nas.common.proc import cpu_name, worker_tag
 from cvt_nas.common.storage import fail_dead_trials, open_storage
 from cvt_nas.results.records import TRAIN_PREFIX
+
+if TYPE_CHECKING:
+    from cvt_nas.training.memory import Calibration
+    from cvt_nas.training.packing import DeviceGate
 
 __all__ = ["default_storage", "open_study", "run_experiment", "run_key", "study_name"]
 
@@ -136,8 +141,10 @@ def _reusable(storage: optuna.storages.BaseStorage, key: str) -> optuna.trial.Fr
 
 class _Objective:
     def __init__(self, exp: Experiment, scale: str, seeds: int, threads: int | None,
-                 train_overrides: dict[str, Any], log: Log) -> None:
+                 train_overrides: dict[str, Any], log: Log, gate: DeviceGate | None = None,
+                 calibration: Calibration | None = None) -> None:
         self.exp, self.scale, self.threads = exp, scale, threads
+        self.gate, self.calibration = gate, calibration  # --pack: trials admitted by memory
         self.grid = _grid(exp, scale, seeds)
         self.overrides, self.log = train_overrides, log
         self.metric = exp.scales[scale].metric
@@ -204,7 +211,16 @@ class _Objective:
             if metrics.get("val_top1") is not None:
                 trial.report(float(metrics["val_top1"]), epoch)
 
-        result = run_trial(model_cfg, train_cfg, report=report)
+        if self.gate is None:
+            result = run_trial(model_cfg, train_cfg, report=report)
+        else:
+            from cvt_nas.training.packing import packed_columns, run_gated
+
+            packed = run_gated(self.gate, model_cfg, train_cfg, self.calibration,
+                               lambda: run_trial(model_cfg, train_cfg, report=report))
+            assert packed.result is not None
+            result = packed.result
+            extra.update(packed_columns(packed))
         record = make_record(study=study.study_name, trial=trial.number, backend="ablate",
                              model_cfg=cfg, train_cfg=train_cfg, result=result, extra=extra)
         trial.set_user_attr("record", record)
@@ -265,15 +281,52 @@ def _missing(study: optuna.Study, pairs: list[tuple[str, int]]
 
 def _worker(path: str, scale: str, seeds: int, storage: str, threads: int | None,
             train_overrides: dict[str, Any], heartbeat: int | None = HEARTBEAT,
-            worker: int = 0) -> None:
+            pack: int = 1, device_share: int = 1, worker: int = 0) -> None:
     exp = load_experiment(path)
     study = open_study(exp, scale, seeds, storage, heartbeat)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our log says how each trial ended
-    objective = _Objective(exp, scale, seeds, threads, train_overrides, _print)
+    gate, calibration = None, None
+    if pack > 1:
+        from cvt_nas.training.packing import device_gate
+
+        first = exp.train_config(exp.runnable(scale)[0], scale, 0, **train_overrides)
+        gate, calibration = device_gate(first.device, first.precision, pack, device_share)
+    objective = _Objective(exp, scale, seeds, threads, train_overrides, _print, gate, calibration)
     pairs = [(r, s) for r in objective.grid["row"] for s in objective.grid["seed"]]
-    rng = random.Random(worker)
-    tag, cpu = worker_tag(), cpu_name()
-    current: list[optuna.Trial] = []
+    if pack <= 1:
+        running: list[optuna.Trial] = []
+        try:
+            _loop(study, objective, pairs, random.Random(worker), worker_tag(), running)
+        except KeyboardInterrupt:  # SIGINT/SIGTERM (`cvt_nas.common.pool`): leave it resumable
+            _abandon(study, running)
+            raise
+        return
+    currents: list[list[optuna.Trial]] = [[] for _ in range(pack)]
+
+    def loop(j: int, stop: threading.Event) -> None:
+        _loop(study, objective, pairs, random.Random(worker * pack + j), worker_tag(thread=j),
+              currents[j], stop)
+
+    def abandon() -> None:
+        for current in currents:
+            _abandon(study, current)
+
+    run_loops(pack, loop, abandon)
+
+
+def _abandon(study: optuna.Study, current: list[optuna.Trial]) -> None:
+    """Fail the trial a loop was running (if it is still running), so the pair runs again."""
+    if current:
+        with contextlib.suppress(Exception):  # it finished meanwhile
+            study._storage.set_trial_state_values(current[0]._trial_id,
+                                                  state=optuna.trial.TrialState.FAIL)
+
+
+def _loop(study: optuna.Study, objective: _Objective, pairs: list[tuple[str, int]],
+          rng: random.Random, tag: str, current: list[optuna.Trial],
+          stop: threading.Event | None = None) -> None:
+    """Train missing pairs until none is left (``current`` holds the running trial)."""
+    cpu = cpu_name()
 
     def tagged(trial: optuna.Trial) -> float:
         current[:] = [trial]
@@ -282,34 +335,27 @@ def _worker(path: str, scale: str, seeds: int, storage: str, threads: int | None
         return objective(trial)
 
     waiting: set[int] = set()
-    try:
-        while not STOP.is_set():
-            todo, busy = _missing(study, pairs)
-            if not todo:
-                if not busy:
-                    return
-                # Another worker (maybe on another machine, maybe dead: then its heartbeat goes
-                # stale) trains the last pairs; wait, so that no table is written without them.
-                if {t.number for t in busy.values()} != waiting:
-                    waiting = {t.number for t in busy.values()}
-                    _print(f"[{study.study_name}] waiting for " + ", ".join(
-                        f"trial {t.number} (row {r} seed {s}, worker "
-                        f"{t.user_attrs.get('worker', '?')})" for (r, s), t in busy.items()))
-                time.sleep(WAIT_S)
-                continue
-            if len(study.get_trials(deepcopy=False)) >= len(pairs):
-                # Past the grid's first sweep (a failed or killed trial, a grid that grew with
-                # --seeds, a worker that lost a race): ask for a missing pair explicitly.
-                row, seed = rng.choice(todo)
-                study.enqueue_trial({"row": row, "seed": seed})
-            # Otherwise the GridSampler hands out the next unvisited (row, seed) cell.
-            study.optimize(tagged, n_trials=1)
-    except KeyboardInterrupt:  # SIGINT/SIGTERM (`cvt_nas.common.pool`): leave it resumable
-        if current:
-            with contextlib.suppress(Exception):  # it finished meanwhile
-                study._storage.set_trial_state_values(current[0]._trial_id,
-                                                      state=optuna.trial.TrialState.FAIL)
-        raise
+    while not STOP.is_set() and not (stop is not None and stop.is_set()):
+        todo, busy = _missing(study, pairs)
+        if not todo:
+            if not busy:
+                return
+            # Another worker (maybe on another machine, maybe dead: then its heartbeat goes
+            # stale) trains the last pairs; wait, so that no table is written without them.
+            if {t.number for t in busy.values()} != waiting:
+                waiting = {t.number for t in busy.values()}
+                _print(f"[{study.study_name}] waiting for " + ", ".join(
+                    f"trial {t.number} (row {r} seed {s}, worker "
+                    f"{t.user_attrs.get('worker', '?')})" for (r, s), t in busy.items()))
+            time.sleep(WAIT_S)
+            continue
+        if len(study.get_trials(deepcopy=False)) >= len(pairs):
+            # Past the grid's first sweep (a failed or killed trial, a grid that grew with
+            # --seeds, a worker that lost a race): ask for a missing pair explicitly.
+            row, seed = rng.choice(todo)
+            study.enqueue_trial({"row": row, "seed": seed})
+        # Otherwise the GridSampler hands out the next unvisited (row, seed) cell.
+        study.optimize(tagged, n_trials=1)
 
 
 def run_experiment(
@@ -323,6 +369,7 @@ def run_experiment(
     train_overrides: dict[str, Any] | None = None,
     heartbeat: int | None = HEARTBEAT,
     gpus: Sequence[str] = (),
+    pack: int = 1,
 ) -> optuna.Study:
     """Train every missing (row, seed) pair of ``exp`` at ``scale``; return the study.
 
@@ -343,6 +390,10 @@ def run_experiment(
             machine's dead trial is failed after three missed beats.
         gpus: GPUs the workers spread over (`cvt_nas.common.gpus.select_gpus`), worker ``i``
             pinned to ``gpus[i % len(gpus)]``; empty: workers see what this process sees.
+        pack: trials at once per worker, in threads, as many as fit in the worker's share of
+            its device's memory (`cvt_nas.training.packing.device_gate`); a trial that ran out
+            of memory beside others runs again alone. Packed runs time each other: not for
+            tables whose times matter (`cvt-nas bench build`).
     """
     overrides = dict(train_overrides or {})
     study = open_study(exp, scale, seeds, storage, heartbeat)  # create once, before workers race
@@ -353,7 +404,9 @@ def run_experiment(
         todo, busy = _missing(study, pairs)
         return bool(todo or busy)
 
-    run_workers(_worker, (exp.path, scale, seeds, storage, threads, overrides, heartbeat),
+    share = -(-n_workers // len(gpus)) if gpus else n_workers  # workers per device
+    run_workers(_worker, (exp.path, scale, seeds, storage, threads, overrides, heartbeat, pack,
+                          share),
                 n_workers, unfinished=unfinished, label="cvt-nas ablate",
                 env=(lambda i: worker_env(gpus, i)) if gpus else None)
     done = pairs_in_state(study, optuna.trial.TrialState.COMPLETE)

@@ -34,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-workers", type=positive_int, default=1, help="parallel worker processes")
     p.add_argument("--threads", type=positive_int, help="torch threads per worker")
     p.add_argument("--gpus", type=gpus_arg, help=GPUS_HELP)
+    p.add_argument("--pack", type=positive_int, default=1, metavar="K",
+                   help="up to K runs at once in each worker, on its one device, as many as its "
+                        "free memory fits by the memory model (docs/distributed.md)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", type=train_set_arg,
                    help="TrainConfig override for every run, e.g. --set epochs=1")
     p.set_defaults(func=run)
@@ -56,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_set(args.set)
     exp.check(args.scale, overrides)  # a --set that breaks a row: one line, before any study
     devices = _check_devices(exp, args.scale, overrides)
+    if args.pack > 1 and len(devices) > 1:
+        raise ValueError(f"{exp.path}: --pack packs one device's runs, but the rows train on "
+                         f"{', '.join(devices)}; give them one with --set device=...")
     from cvt_nas.common.gpus import select_gpus, visible_gpus
 
     gpus = select_gpus(args.gpus, visible_gpus(), devices[0] if len(devices) == 1 else "cpu")
@@ -68,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     storage, flag = resolve_url(args.storage, default_storage(out))
     check_url(storage, flag)
     study = run_experiment(exp, args.scale, seeds, storage, n_workers=args.n_workers,
-                           threads=args.threads, train_overrides=overrides, gpus=gpus)
+                           threads=args.threads, train_overrides=overrides, gpus=gpus,
+                           pack=args.pack)
     tables = read_study(study)
     records, epochs = table_records(tables, seeds)
     table = build_table(exp, args.scale, records)
@@ -78,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         "command": args.command_line, "experiment": str(args.experiment), "scale": args.scale,
         "settings": {"backend": "ablate", "seeds": seeds, "storage": shown_url(storage),
                      "n_workers": args.n_workers, "threads": args.threads,
-                     "gpus": list(gpus), "overrides": overrides}})
+                     "gpus": list(gpus), "overrides": overrides,
+                     **({"pack": args.pack} if args.pack > 1 else {})}})
     atomic_write_text(out / "command.txt", args.command_line + "\n")
     print(table_markdown(exp, args.scale, table), end="")
     return 0

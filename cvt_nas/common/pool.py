@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
 
-__all__ = ["STOP", "Interrupted", "Lost", "WorkersLost", "run_workers", "stop_on_signals"]
+__all__ = ["STOP", "Interrupted", "Lost", "WorkersLost", "run_loops", "run_workers",
+           "stop_on_signals"]
 
 STOP = threading.Event()  # set once this process was asked to stop (loops check it)
 STOP_GRACE = 30.0  # seconds a worker gets to leave its trial resumable after a stop
@@ -129,6 +130,43 @@ def _child(target: Callable[..., Any], args: tuple[Any, ...], index: int, parent
             target(*args, index)
     except Interrupted as exc:
         sys.exit(exc.exit_code)
+
+
+def run_loops(n: int, loop: Callable[[int, threading.Event], None],
+              abandon: Callable[[], None], name: str = "cvt-nas-trial") -> None:
+    """Run ``loop(j, stop)`` for j < ``n`` in threads of this process (several trials at once
+    on one device) and wait for them.
+
+    A loop that raises sets ``stop`` (the others end after their current trial; the
+    process-wide `STOP` stays for signals, so Ctrl-C still works) and is raised here once every
+    loop has ended. A ``KeyboardInterrupt`` here (a stop signal: this is the main thread) calls
+    ``abandon()``, which must leave the loops' running trials resumable, and propagates; the
+    threads are daemons and end with the process.
+    """
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def body(j: int) -> None:
+        try:
+            loop(j, stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=body, args=(j,), name=f"{name}-{j}", daemon=True)
+               for j in range(n)]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+    except KeyboardInterrupt:
+        stop.set()
+        abandon()
+        raise
+    if errors:
+        raise errors[0]
 
 
 def run_workers(target: Callable[..., Any], args: tuple[Any, ...], n: int, *,

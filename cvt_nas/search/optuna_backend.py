@@ -35,7 +35,7 @@ import optuna
 from optuna.storages import BaseStorage
 
 from cvt_nas.common.gpus import worker_env
-from cvt_nas.common.pool import STOP, run_workers
+from cvt_nas.common.pool import STOP, run_loops, run_workers
 from cvt_nas.search import deterministic
 from cvt_nas.search import study as store
 from cvt_nas.search.progress import Progress
@@ -380,27 +380,14 @@ def _worker_entry(run: SearchRun, index: int) -> None:
 
 
 def packed_runner(run: SearchRun) -> PackedRunner:
-    """The `PackedRunner` of a worker process: one `DeviceGate` over its trials' device (its
-    free memory now, divided among the ``run.device_share`` workers on that device, less 10 %;
-    at most ``run.pack`` trials), sized by the device's stored memory calibration
-    (`cvt_nas.training.memory.load_calibration`) when there is one."""
-    from cvt_nas.common.proc import cpu_name
-    from cvt_nas.training.engine import resolve_precision
-    from cvt_nas.training.memory import load_calibration
-    from cvt_nas.training.packing import DeviceGate, device_capacity
-    from cvt_nas.training.trainer import resolve_device
+    """The `PackedRunner` of a worker process: `cvt_nas.training.packing.device_gate` over its
+    trials' device, shared with ``run.device_share`` workers, at most ``run.pack`` trials."""
+    from cvt_nas.training.packing import device_gate
 
     train = run.space.random(0).train
-    device = resolve_device(run.device)
-    precision = resolve_precision(train.precision if train is not None else "auto", device)
-    if device.type == "cuda":
-        import torch
-
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = cpu_name()
-    gate = DeviceGate(device_capacity(str(device)) // max(1, run.device_share), run.pack)
-    return PackedRunner(gate, load_calibration(name, precision))
+    gate, calibration = device_gate(run.device, train.precision if train is not None else "auto",
+                                    run.pack, run.device_share)
+    return PackedRunner(gate, calibration)
 
 
 def run_threads(run: SearchRun, index: int) -> int:
@@ -412,32 +399,16 @@ def run_threads(run: SearchRun, index: int) -> int:
     packed = replace(run, runner=packed_runner(run))
     loops: list[Objective] = []
     ran = [0] * run.pack
-    errors: list[BaseException] = []
-    failed = threading.Event()
 
-    def loop(j: int) -> None:
-        try:
-            ran[j] = run_worker(packed, index * run.pack + j, thread=j, started=loops.append,
-                                stop=failed)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            errors.append(exc)
-            failed.set()
+    def loop(j: int, stop: threading.Event) -> None:
+        ran[j] = run_worker(packed, index * run.pack + j, thread=j, started=loops.append,
+                            stop=stop)
 
-    threads = [threading.Thread(target=loop, args=(j,), name=f"cvt-nas-trial-{j}", daemon=True)
-               for j in range(run.pack)]
-    for t in threads:
-        t.start()
-    try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.5)
-    except KeyboardInterrupt:
-        STOP.set()
+    def abandon() -> None:
         for objective in loops:
             objective.abandon()
-        raise
-    if errors:
-        raise errors[0]
+
+    run_loops(run.pack, loop, abandon)
     return sum(ran)
 
 

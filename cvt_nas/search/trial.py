@@ -167,27 +167,27 @@ class PackedRunner(LocalRunner):
         self._local = threading.local()  # the packed run of this thread's current trial
 
     def run(self, sample: Sample, g: Gate, report: Report | None) -> Any:
-        from cvt_nas.training.packing import trial_memory
+        from cvt_nas.training.packing import run_gated
         from cvt_nas.training.trainer import run_trial
 
         assert sample.model is not None and g.train is not None
         model, train = sample.model, g.train
-        estimate = trial_memory(model, train, self.calibration).total
-        packed = self.gate.run(estimate, lambda: run_trial(model, train, report=report,
-                                                           cost=g.cost))
+        packed = run_gated(self.gate, model, train, self.calibration,
+                           lambda: run_trial(model, train, report=report, cost=g.cost))
         self._local.packed = packed
         return packed.result
 
     def finish(self, record: dict[str, Any], result: Any | None) -> None:
+        from cvt_nas.training.packing import packed_columns
+
         packed, self._local.packed = getattr(self._local, "packed", None), None
         if packed is None or result is None:
             return
-        record["co_tenants"] = packed.co_tenants
-        record["memory_estimate"] = packed.estimate_bytes
-        record["retried_alone"] = packed.retried_alone
-        if packed.retried_alone:
-            note = f"ran out of memory beside other trials ({packed.first_error}); run again alone"
-            record["warning"] = "; ".join(filter(None, (record.get("warning"), note)))
+        columns = packed_columns(packed)
+        if "warning" in columns:
+            columns["warning"] = "; ".join(filter(None, (record.get("warning"),
+                                                         columns["warning"])))
+        record.update(columns)
 
 
 def gate(space: SearchSpace, sample: Sample, settings: TrialSettings) -> Gate:

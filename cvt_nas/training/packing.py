@@ -29,6 +29,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cvt_nas.model.config import CvTConfig
 from cvt_nas.training.config import TrainConfig
@@ -38,7 +39,8 @@ from cvt_nas.training.trainer import TrialResult, run_trial
 
 RunFn = Callable[[CvTConfig, TrainConfig], TrialResult]
 
-__all__ = ["DeviceGate", "PackedRun", "device_capacity", "run_packed", "trial_memory"]
+__all__ = ["DeviceGate", "PackedRun", "device_capacity", "device_gate", "packed_columns",
+           "run_gated", "run_packed", "trial_memory"]
 
 
 @dataclass(eq=False)  # told apart by identity in the gate's running list
@@ -156,6 +158,49 @@ def device_capacity(device: str) -> int:
     except OSError:
         pass
     return 2**62
+
+
+def device_gate(device: str, precision: str, max_k: int,
+                share: int = 1) -> tuple[DeviceGate, Calibration | None]:
+    """The gate of one worker process over ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:1``):
+    its free memory now divided among the ``share`` workers on that device (less 10 %), at most
+    ``max_k`` trials; and the device's stored memory calibration for ``precision`` (``auto``
+    resolved as a trial would), None when there is none (the model's defaults then)."""
+    from cvt_nas.common.proc import cpu_name
+    from cvt_nas.training.engine import resolve_precision
+    from cvt_nas.training.memory import load_calibration
+    from cvt_nas.training.trainer import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name(dev)
+    else:
+        name = cpu_name()
+    gate = DeviceGate(device_capacity(str(dev)) // max(1, share), max_k)
+    return gate, load_calibration(name, resolve_precision(precision, dev))
+
+
+def run_gated(gate: DeviceGate, model_cfg: CvTConfig, train_cfg: TrainConfig,
+              calibration: Calibration | None = None,
+              trial: Callable[[], TrialResult] | None = None) -> PackedRun:
+    """One trial through ``gate``, admitted by its `trial_memory` estimate; ``trial`` defaults
+    to ``run_trial(model_cfg, train_cfg)``."""
+    estimate = trial_memory(model_cfg, train_cfg, calibration).total
+    return gate.run(estimate, trial or functools.partial(run_trial, model_cfg, train_cfg))
+
+
+def packed_columns(packed: PackedRun) -> dict[str, Any]:
+    """The record columns of a trial that ran through a gate: ``co_tenants``,
+    ``memory_estimate`` (bytes), ``retried_alone``, and a ``warning`` when it was retried."""
+    out: dict[str, Any] = {"co_tenants": packed.co_tenants,
+                           "memory_estimate": packed.estimate_bytes,
+                           "retried_alone": packed.retried_alone}
+    if packed.retried_alone:
+        out["warning"] = (f"ran out of memory beside other trials ({packed.first_error}); "
+                          "run again alone")
+    return out
 
 
 def run_packed(jobs: Sequence[tuple[CvTConfig, TrainConfig]], max_k: int,
