@@ -10,6 +10,8 @@ Rows of different tables that train the same architecture with the same training
 seed (e.g. the CvT-13-like baseline shared by Tables 5-8) are trained once: a trial first looks
 in every study of the storage for a COMPLETE trial with the same ``run_key`` and copies its
 record (marking ``reused_from``). Seeded CPU runs are reproducible, so this changes no number.
+Runs trained packed (``--pack``: several at once in threads, `cvt_nas.training.packing`) are
+not, so only packed runs reuse them.
 """
 
 from __future__ import annotations
@@ -117,9 +119,12 @@ def open_study(exp: Experiment, scale: str, seeds: int, storage: str,
 
 
 def _pair(t: optuna.trial.FrozenTrial) -> tuple[str, int] | None:
-    if "row" not in t.params or "seed" not in t.params:
+    """A trial's (row, seed): its parameters, or before it has drawn them the ones it was
+    enqueued with (so that a pair picked by two loops at once is told apart at once)."""
+    params = t.params if "row" in t.params else t.system_attrs.get("fixed_params") or {}
+    if "row" not in params or "seed" not in params:
         return None
-    return str(t.params["row"]), int(t.params["seed"])
+    return str(params["row"]), int(params["seed"])
 
 
 def pairs_in_state(study: optuna.Study, state: optuna.trial.TrialState) -> set[tuple[str, int]]:
@@ -129,12 +134,16 @@ def pairs_in_state(study: optuna.Study, state: optuna.trial.TrialState) -> set[t
     return {pair for t in trials if (pair := _pair(t)) is not None}
 
 
-def _reusable(storage: optuna.storages.BaseStorage, key: str) -> optuna.trial.FrozenTrial | None:
+def _reusable(storage: optuna.storages.BaseStorage, key: str,
+              packed: bool = False) -> optuna.trial.FrozenTrial | None:
+    """A COMPLETE trained trial of any study in ``storage`` with this run key; runs trained
+    packed (their records have ``co_tenants``) only for a ``packed`` caller."""
     for summary in storage.get_all_studies():
         for t in storage.get_all_trials(summary._study_id, deepcopy=False,
                                         states=(optuna.trial.TrialState.COMPLETE,)):
             record = t.user_attrs.get("record")
-            if record and "reused_from" not in t.user_attrs and record_key(record) == key:
+            if (record and "reused_from" not in t.user_attrs and record_key(record) == key
+                    and (packed or "co_tenants" not in record)):
                 return t
     return None
 
@@ -145,6 +154,9 @@ class _Objective:
                  calibration: Calibration | None = None) -> None:
         self.exp, self.scale, self.threads = exp, scale, threads
         self.gate, self.calibration = gate, calibration  # --pack: trials admitted by memory
+        self.loops = gate.budget.max_k if gate is not None else 1  # runs at once here
+        self.lock = threading.Lock()
+        self.claimed: set[tuple[str, int]] = set()  # pairs this process's loops have picked
         self.grid = _grid(exp, scale, seeds)
         self.overrides, self.log = train_overrides, log
         self.metric = exp.scales[scale].metric
@@ -161,8 +173,9 @@ class _Objective:
         failures = failed_pairs(study)
         total = len(grid) - sum(1 for p in grid - done if failures[p] >= MAX_FAILURES)
         left = total - len(done)
-        eta = (f", about {fmt.duration(statistics.median(self.spent) * left)} left at this "
-               "worker's pace" if self.spent and left else "")
+        per_run = statistics.median(self.spent) / self.loops if self.spent else 0.0
+        eta = (f", about {fmt.duration(per_run * left)} left at this worker's pace"
+               if self.spent and left else "")
         return f"; {len(done)}/{total} done{eta}"
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -194,7 +207,7 @@ class _Objective:
         extra = {"experiment": self.exp.name, "scale": self.scale, "row": row,
                  "label": r.label, "run_key": key}
         trial.set_user_attr("run_key", key)
-        prior = _reusable(study._storage, key)
+        prior = _reusable(study._storage, key, packed=self.gate is not None)
         if prior is not None:
             record = reused_record(prior.user_attrs["record"], study=study.study_name,
                                    trial=trial.number, **extra)
@@ -207,8 +220,13 @@ class _Objective:
             return _value(record.get(self.metric))
         self.log(f"{tag}: training {r.label!r} ({cfg.arch_id()})")
 
+        reported: set[int] = set()
+
         def report(epoch: int, metrics: dict[str, Any]) -> None:
-            if metrics.get("val_top1") is not None:
+            # once per epoch: a run retried alone after an out-of-memory error reports again
+            # (its record and history are the retry's)
+            if metrics.get("val_top1") is not None and epoch not in reported:
+                reported.add(epoch)
                 trial.report(float(metrics["val_top1"]), epoch)
 
         if self.gate is None:
@@ -349,13 +367,27 @@ def _loop(study: optuna.Study, objective: _Objective, pairs: list[tuple[str, int
                     f"{t.user_attrs.get('worker', '?')})" for (r, s), t in busy.items()))
             time.sleep(WAIT_S)
             continue
+        picked = None
         if len(study.get_trials(deepcopy=False)) >= len(pairs):
             # Past the grid's first sweep (a failed or killed trial, a grid that grew with
-            # --seeds, a worker that lost a race): ask for a missing pair explicitly.
-            row, seed = rng.choice(todo)
-            study.enqueue_trial({"row": row, "seed": seed})
+            # --seeds, a worker that lost a race): ask for a missing pair explicitly, one that
+            # no other loop of this process has picked.
+            with objective.lock:
+                free = [p for p in todo if p not in objective.claimed]
+                if free:
+                    picked = rng.choice(free)
+                    objective.claimed.add(picked)
+            if picked is None:  # the siblings have the rest
+                time.sleep(WAIT_S)
+                continue
+            study.enqueue_trial({"row": picked[0], "seed": picked[1]})
         # Otherwise the GridSampler hands out the next unvisited (row, seed) cell.
-        study.optimize(tagged, n_trials=1)
+        try:
+            study.optimize(tagged, n_trials=1, gc_after_trial=objective.gate is not None)
+        finally:
+            if picked is not None:
+                with objective.lock:
+                    objective.claimed.discard(picked)
 
 
 def run_experiment(
@@ -383,7 +415,8 @@ def run_experiment(
         seeds: seeds 0 .. seeds-1 per row.
         storage: an Optuna storage URL (``sqlite:///...``, ``postgresql+psycopg2://...``) or a
             journal file path (``.journal``, ``.log``, ``.jsonl``).
-        n_workers: processes that share the study (each trains one pair at a time).
+        n_workers: processes that share the study (each trains one pair at a time, or up
+            to ``pack``).
         threads: torch threads per worker (None keeps the training config's).
         train_overrides: TrainConfig overrides for every run (e.g. a smaller ``train_subset``).
         heartbeat: seconds between RDB heartbeats of a running trial (None: off); another

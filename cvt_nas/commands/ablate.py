@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     storage, flag = resolve_url(args.storage, default_storage(out))
     check_url(storage, flag)
+    threads = args.threads
+    if args.pack > 1 and threads is None:  # K runs at once share the worker's cores
+        threads = max(1, len(os.sched_getaffinity(0)) // (args.n_workers * args.pack))
     study = run_experiment(exp, args.scale, seeds, storage, n_workers=args.n_workers,
-                           threads=args.threads, train_overrides=overrides, gpus=gpus,
+                           threads=threads, train_overrides=overrides, gpus=gpus,
                            pack=args.pack)
     tables = read_study(study)
     records, epochs = table_records(tables, seeds)
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     write_outputs(out, tables.trials, tables.epochs, DEFAULT_OBJECTIVES, {
         "command": args.command_line, "experiment": str(args.experiment), "scale": args.scale,
         "settings": {"backend": "ablate", "seeds": seeds, "storage": shown_url(storage),
-                     "n_workers": args.n_workers, "threads": args.threads,
+                     "n_workers": args.n_workers, "threads": threads,
                      "gpus": list(gpus), "overrides": overrides,
                      **({"pack": args.pack} if args.pack > 1 else {})}})
     atomic_write_text(out / "command.txt", args.command_line + "\n")

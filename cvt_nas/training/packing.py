@@ -192,9 +192,11 @@ def run_gated(gate: DeviceGate, model_cfg: CvTConfig, train_cfg: TrainConfig,
 
 
 def packed_columns(packed: PackedRun) -> dict[str, Any]:
-    """The record columns of a trial that ran through a gate: ``co_tenants``,
-    ``memory_estimate`` (bytes), ``retried_alone``, and a ``warning`` when it was retried."""
-    out: dict[str, Any] = {"co_tenants": packed.co_tenants,
+    """The record columns of a trial that ran through a gate: ``co_tenants`` (trials running
+    when it started), ``shared`` (another trial ran at some time during it: its times are not
+    its own), ``memory_estimate`` (bytes), ``retried_alone``, and a ``warning`` when it was
+    retried."""
+    out: dict[str, Any] = {"co_tenants": packed.co_tenants, "shared": packed.shared,
                            "memory_estimate": packed.estimate_bytes,
                            "retried_alone": packed.retried_alone}
     if packed.retried_alone:
