@@ -247,7 +247,9 @@ class _Objective:
             optuna.trial.TrialState.COMPLETE,)) if _pair(t) == (row, seed)), None)
         if twin is not None:  # another worker finished this pair meanwhile: its result stands
             trial.set_user_attr("duplicate_of", twin)
-        share = result.cpu_share if result.device == "cpu" else None  # a shared CPU shows here
+        # a shared CPU shows here (not for packed runs: the share is their process's, all of
+        # its threads together)
+        share = result.cpu_share if result.device == "cpu" and self.gate is None else None
         busy = f", CPU {share:.0%} of {result.threads} threads" if share is not None else ""
         if result.status == "complete":
             self.spent.append(result.wall_time_s)
