@@ -34,7 +34,7 @@ import optuna
 
 from cvt_nas.ablation.experiment import Experiment, load_experiment
 from cvt_nas.common import fmt
-from cvt_nas.common.gpus import worker_env
+from cvt_nas.common.gpus import worker_env, workers_per_device
 from cvt_nas.common.pool import STOP, run_loops, run_workers
 from cvt_nas.common.proc import cpu_name, worker_tag
 from cvt_nas.common.storage import fail_dead_trials, open_storage
@@ -439,9 +439,8 @@ def run_experiment(
         todo, busy = _missing(study, pairs)
         return bool(todo or busy)
 
-    share = -(-n_workers // len(gpus)) if gpus else n_workers  # workers per device
     run_workers(_worker, (exp.path, scale, seeds, storage, threads, overrides, heartbeat, pack,
-                          share),
+                          workers_per_device(n_workers, gpus)),
                 n_workers, unfinished=unfinished, label="cvt-nas ablate",
                 env=(lambda i: worker_env(gpus, i)) if gpus else None)
     done = pairs_in_state(study, optuna.trial.TrialState.COMPLETE)

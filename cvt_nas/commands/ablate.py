@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from cvt_nas.ablation.experiment import SCALES, Experiment, load_experiment
 from cvt_nas.ablation.table import build_table, table_markdown, write_table
 from cvt_nas.commands._common import GPUS_HELP, gpus_arg, parse_set, positive_int, train_set_arg
 from cvt_nas.common.atomic import atomic_write_text
+from cvt_nas.common.proc import threads_per_trial
 from cvt_nas.results.io import check_out_dir
 
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     check_url(storage, flag)
     threads = args.threads
     if args.pack > 1 and threads is None:  # K runs at once share the worker's cores
-        threads = max(1, len(os.sched_getaffinity(0)) // (args.n_workers * args.pack))
+        threads = threads_per_trial(args.n_workers, args.pack)
     study = run_experiment(exp, args.scale, seeds, storage, n_workers=args.n_workers,
                            threads=threads, train_overrides=overrides, gpus=gpus,
                            pack=args.pack)

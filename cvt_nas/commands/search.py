@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from cvt_nas.commands._common import (
     positive_int,
     set_arg,
 )
+from cvt_nas.common.proc import threads_per_trial
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -97,13 +97,6 @@ def _backend(value: str) -> str:
                                      "table directory, e.g. table:benchmarks/cvtbench/cvt_micro)")
 
 
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def run(args: argparse.Namespace) -> int:
     from cvt_nas.results.io import check_out_dir
     from cvt_nas.results.objectives import parse_objectives
@@ -152,10 +145,10 @@ def run(args: argparse.Namespace) -> int:
         space, runner = prepare(space, table, objectives, seed)
     # float results depend on the thread count: a deterministic search must not take it from
     # --n-workers
-    threads = args.threads or (1 if exact else max(1, _cpus() // (args.n_workers * args.pack)))
+    threads = args.threads or (1 if exact else threads_per_trial(args.n_workers, args.pack))
     if args.backend == "ray":
         threads = args.threads or max(1, int(args.cpus_per_trial))
-    from cvt_nas.common.gpus import select_gpus, visible_gpus
+    from cvt_nas.common.gpus import select_gpus, visible_gpus, workers_per_device
 
     if args.backend != "optuna" and args.gpus is not None:
         raise ValueError(f"--gpus is for the optuna backend; {args.backend.split(':')[0]} "
@@ -191,8 +184,7 @@ def run(args: argparse.Namespace) -> int:
                        deterministic=exact, pack=args.pack)
     gpus = select_gpus(args.gpus, visible, search.device) if args.backend == "optuna" else ()
     if args.pack > 1:  # workers on one device pack into their share of its memory
-        search = replace(search, device_share=-(-args.n_workers // len(gpus)) if gpus
-                         else args.n_workers)
+        search = replace(search, device_share=workers_per_device(args.n_workers, gpus))
     if exact:
         from cvt_nas.search.deterministic import check_run
 

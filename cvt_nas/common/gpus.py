@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from cvt_nas.common.proc import worker_tag
 
 __all__ = ["FAKE_GPUS_ENV", "GpuChoice", "cpu_warning", "parse_choice", "parse_visible",
-           "physical_device", "select_gpus", "visible_gpus", "worker_env", "worker_label"]
+           "physical_device", "select_gpus", "visible_gpus", "worker_env", "worker_label",
+           "workers_per_device"]
 
 FAKE_GPUS_ENV = "CVT_NAS_FAKE_GPUS"
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
@@ -129,6 +130,13 @@ def worker_env(gpus: Sequence[str], index: int) -> dict[str, str]:
     """The environment of worker ``index``: its one GPU (round-robin when workers outnumber
     GPUs, so several workers share a GPU)."""
     return {VISIBLE_ENV: gpus[index % len(gpus)]}
+
+
+def workers_per_device(n_workers: int, gpus: Sequence[str]) -> int:
+    """How many of ``n_workers`` share one device: round-robin over ``gpus`` (`worker_env`), or
+    all of them on the one device there is without GPUs. Packed workers (``--pack``) each fill
+    only this share of the device's memory."""
+    return -(-n_workers // len(gpus)) if gpus else n_workers
 
 
 def worker_label() -> str:

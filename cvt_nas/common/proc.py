@@ -13,7 +13,7 @@ import socket
 from typing import NamedTuple
 
 __all__ = ["WorkerTag", "alive", "cpu_name", "cpu_share", "is_local", "parse_tag",
-           "start_time", "worker_tag"]
+           "start_time", "threads_per_trial", "usable_cpus", "worker_tag"]
 
 
 class WorkerTag(NamedTuple):
@@ -75,6 +75,20 @@ def alive(tag: str) -> bool:
     if now is None:
         return False
     return not start or now == start  # another start time: the pid was reused
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity on Linux, else the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_trial(workers: int, per_worker: int = 1) -> int:
+    """Torch threads of one trial when ``workers`` processes each run ``per_worker`` trials at
+    once (``--pack``) on this machine's cores: an equal share, at least 1."""
+    return max(1, usable_cpus() // (workers * per_worker))
 
 
 def cpu_name() -> str:

@@ -158,8 +158,7 @@ class PackedRunner(LocalRunner):
     (``cvt-nas search --pack K``): every trial passes one `cvt_nas.training.packing.DeviceGate`,
     which starts it when its estimated peak memory (`cvt_nas.training.packing.trial_memory`)
     fits beside the running ones and runs it again alone if it ran out of memory beside them.
-    Records get ``co_tenants`` (trials already running when it started), ``memory_estimate``
-    (bytes) and ``retried_alone``.
+    Records get `cvt_nas.training.packing.packed_columns`.
     """
 
     def __init__(self, gate: DeviceGate, calibration: Calibration | None = None) -> None:

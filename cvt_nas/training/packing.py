@@ -10,8 +10,8 @@ when its estimated peak fits beside the running ones within the device's free me
 reserve), up to ``max_k``. A trial that still runs out of memory while sharing the device is run
 again alone (new trials wait meanwhile), and `PackedRun` records that it was. `DeviceGate` is
 that admission, shared by the threads of a process: `run_packed` runs a list of trials through
-it, and a search's ``--pack`` workers (`cvt_nas.search.optuna_backend`) run one Optuna loop per
-thread through it.
+it, and the ``--pack`` workers of a search (`cvt_nas.search.optuna_backend.run_threads`) and of
+an ablation (`cvt_nas.ablation.runner`) run one loop per thread through it.
 
 Concurrent trials seed their data order exactly as alone, and on CUDA their initial weights too.
 Draws from the process-wide generators during training (dropout, drop-path, Mixup) interleave

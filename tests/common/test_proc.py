@@ -7,7 +7,14 @@ import socket
 import subprocess
 import sys
 
-from cvt_nas.common.proc import alive, parse_tag, start_time, worker_tag
+from cvt_nas.common.proc import (
+    alive,
+    parse_tag,
+    start_time,
+    threads_per_trial,
+    usable_cpus,
+    worker_tag,
+)
 
 
 def test_a_running_process_is_alive_and_a_finished_one_is_not() -> None:
@@ -76,3 +83,10 @@ def test_a_trial_thread_tag_lives_and_dies_with_its_process() -> None:
     tag = worker_tag(child.pid, thread=3)
     child.wait()
     assert not alive(tag)
+
+
+def test_threads_per_trial_share_the_cores_and_never_drop_to_zero() -> None:
+    cores = usable_cpus()
+    assert cores >= 1 and threads_per_trial(1) == cores
+    assert threads_per_trial(1, 2) == max(1, cores // 2)
+    assert threads_per_trial(cores * 4, 4) == 1

@@ -30,6 +30,7 @@ from cvt_nas.common.gpus import (
     visible_gpus,
     worker_env,
     worker_label,
+    workers_per_device,
 )
 from cvt_nas.search.ray_backend import gpus_per_trial
 
@@ -227,3 +228,10 @@ def test_ray_places_concurrent_trials_on_distinct_gpus(
         assert set(trials["warning"]) == {WARNING}
     finally:
         ray.shutdown()
+
+
+def test_packed_workers_split_their_device_by_the_round_robin() -> None:
+    assert workers_per_device(8, ("0", "1")) == 4
+    assert workers_per_device(3, ("0", "1")) == 2  # GPU 0 gets workers 0 and 2
+    assert workers_per_device(1, ("0", "1", "2")) == 1
+    assert workers_per_device(2, ()) == 2  # no GPU: all on the one device there is
