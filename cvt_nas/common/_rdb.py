@@ -13,6 +13,14 @@ tried again for up to `RECONNECT_S` on a fresh connection, for every call whose 
 harmless (reads, attributes, parameters, heartbeats, a trial's final state). Creating a study or
 a trial is not repeated: a commit cut off mid-way may have happened, and a second one would add a
 trial nobody runs. SQLite is not retried (its lock waits have their own timeout).
+
+Claiming a trial: Optuna starts a WAITING (enqueued) trial by reading its state and then writing
+RUNNING, with ``SELECT ... FOR UPDATE``, which SQLite ignores; two workers (threads or
+processes) could both read WAITING and both run the trial, and the second to finish failed with
+"Cannot tell a COMPLETE trial". Failing a dead worker's trial had the same race (two survivors
+could both fail it, and both queue its parameters again). Here each is one conditional ``UPDATE
+... WHERE state IN (...)``: the database lets exactly one worker through, on SQLite and
+PostgreSQL alike.
 """
 
 from __future__ import annotations
@@ -21,10 +29,12 @@ import functools
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from optuna.storages import RDBStorage
+from optuna.trial import TrialState
 
 RECONNECT_S = 60.0
 _PASSWORD_KEYS = ("password", "passwd", "pwd")
@@ -59,6 +69,37 @@ class SecretFreeRDBStorage(RDBStorage):
             state = {**state, "url": full}
         super().__setstate__(state)
 
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        """Optuna's, except that a change of state alone is one conditional UPDATE: WAITING ->
+        RUNNING (a claim) and RUNNING/WAITING -> finished (failing a dead worker's trial) happen
+        for exactly one of the workers racing for them (module docstring)."""
+        if values is not None or not (state == TrialState.RUNNING or state.is_finished()):
+            return super().set_trial_state_values(trial_id, state, values)
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        trial = models.TrialModel
+        now = datetime.now(UTC).replace(tzinfo=None)  # Optuna stores naive UTC
+        change: dict[Any, Any] = {trial.state: state}
+        if state == TrialState.RUNNING:
+            before = [TrialState.WAITING]
+            change[trial._datetime_start_utc] = now
+        else:
+            before = [TrialState.RUNNING, TrialState.WAITING]
+            change[trial._datetime_complete_utc] = now
+        with _create_scoped_session(self.scoped_session) as session:
+            changed = (session.query(trial)
+                       .filter(trial.trial_id == trial_id, trial.state.in_(before))
+                       .update(change, synchronize_session=False))
+            if changed:
+                return True
+            # as Optuna: a finished trial raises UpdateFinishedTrialError; a running one is
+            # someone else's claim
+            found: TrialState = trial.find_or_raise_by_id(trial_id, session).state  # type: ignore[assignment]
+            self.check_trial_is_updatable(trial_id, found)
+            return False
+
 
 def _connection_lost(exc: BaseException) -> bool:
     """Is a lost or refused database connection behind ``exc`` (Optuna wraps it)?"""
@@ -92,7 +133,7 @@ def _reconnecting(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 for _name in _REPEATABLE:
-    setattr(SecretFreeRDBStorage, _name, _reconnecting(getattr(RDBStorage, _name)))
+    setattr(SecretFreeRDBStorage, _name, _reconnecting(getattr(SecretFreeRDBStorage, _name)))
 
 
 def without_password(url: str) -> str:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
-from conftest import PostgresServer
+from conftest import PostgresServer, at_once
 
 from cvt_nas.common._rdb import without_password
 from cvt_nas.common.proc import worker_tag
@@ -151,6 +153,68 @@ def test_a_dead_local_worker_s_trial_is_failed_a_live_or_remote_one_is_not(
                       "untagged": "RUNNING"}
     assert fail_dead_trials(study, only_local=False) == sorted(
         trials[n].number for n in ("me", "remote", "untagged"))  # the Ray driver's reset
+
+
+QUEUED = 24
+
+
+def _ask_until_new(barrier: Any, url: str, out: Path) -> None:
+    """A worker (a forked process): take queued trials until ask() creates a new one."""
+    study = optuna.load_study(storage=open_storage(url, heartbeat=None), study_name="q")
+    barrier.wait()
+    got = []
+    while (number := study.ask().number) < QUEUED:
+        got.append(number)
+    (out / f"{os.getpid()}.txt").write_text(" ".join(map(str, got)))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
+def test_each_queued_trial_starts_in_exactly_one_of_many_workers(
+        tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
+    # SQLite ignores Optuna's SELECT ... FOR UPDATE: before the storage's atomic claim, workers
+    # took some queued trials twice (a retried trial trained twice, and the second to finish
+    # failed with "Cannot tell a COMPLETE trial")
+    url = {"sqlite": f"sqlite:///{tmp_path / 's.db'}", "journal": str(tmp_path / "s.journal"),
+           "postgresql": request.getfixturevalue("postgres_url") if kind == "postgresql"
+           else ""}[kind]
+    study = optuna.create_study(storage=open_storage(url, heartbeat=None), study_name="q")
+    for i in range(QUEUED):
+        study.enqueue_trial({"x": i})
+    out = tmp_path / "taken"
+    out.mkdir()
+    assert at_once(_ask_until_new, (url, out)) == [0] * 4
+    taken = [int(n) for f in out.iterdir() for n in f.read_text().split()]
+    assert sorted(taken) == list(range(QUEUED))
+    queued = study.get_trials(deepcopy=False)[:QUEUED]
+    assert {t.state.name for t in queued} == {"RUNNING"}
+    assert all(t.datetime_start is not None for t in queued)
+
+
+def _fail_dead(barrier: Any, url: str, out: Path) -> None:
+    """A surviving worker (a forked process): fail the dead worker's trials, noting each one
+    it failed itself (where the search queues the parameters again)."""
+    study = optuna.load_study(storage=open_storage(url, heartbeat=None), study_name="d")
+    barrier.wait()
+    fail_dead_trials(study, on_dead=lambda s, t: (out / f"{os.getpid()}-{t.number}").touch())
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_dead_worker_s_trial_is_failed_by_exactly_one_of_the_survivors(
+        tmp_path: Path, kind: str) -> None:
+    # two survivors failing the same trial would both queue its parameters again
+    url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else str(tmp_path / "s.journal")
+    study = optuna.create_study(storage=open_storage(url, heartbeat=None), study_name="d")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead = [study.ask() for _ in range(8)]
+    for t in dead:
+        t.set_user_attr("worker", worker_tag(child.pid))
+    out = tmp_path / "failed"
+    out.mkdir()
+    assert at_once(_fail_dead, (url, out)) == [0] * 4
+    failed = sorted(int(f.name.split("-")[1]) for f in out.iterdir())
+    assert failed == [t.number for t in dead]
+    assert {t.state.name for t in study.get_trials(deepcopy=False)} == {"FAIL"}
 
 
 def test_shown_url_names_local_files_relative_and_hides_passwords(
