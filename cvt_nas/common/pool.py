@@ -8,6 +8,10 @@
   the target marks that trial FAIL (and may queue it again) so the study stays resumable. Workers
   that have not stopped after ``stop_grace`` seconds are killed. Then `Interrupted` is raised
   here; the command line exits with 128 + the signal's number (130, 143) and one line.
+  A signal can land while a finalizer runs (a ``__del__``, a weakref callback of the garbage
+  collector), where Python swallows exceptions and prints a traceback: that `Interrupted` is
+  kept quietly instead and raised again by `raise_pending_stop`, which the training loop calls
+  every step.
 * Dying workers: a worker that dies (``kill -9``, the OOM killer) leaves its trial RUNNING; the
   surviving workers fail it and retry it (the target's own loop, through
   `cvt_nas.common.storage.fail_dead_trials`). When no worker is left while ``unfinished()`` says
@@ -36,13 +40,14 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
 
-__all__ = ["STOP", "Interrupted", "Lost", "WorkersLost", "run_loops", "run_workers",
-           "stop_on_signals"]
+__all__ = ["STOP", "Interrupted", "Lost", "WorkersLost", "raise_pending_stop", "run_loops",
+           "run_workers", "stop_on_signals"]
 
 STOP = threading.Event()  # set once this process was asked to stop (loops check it)
 STOP_GRACE = 30.0  # seconds a worker gets to leave its trial resumable after a stop
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PR_SET_PDEATHSIG = 1
+_SWALLOWED: list[Interrupted] = []  # stops a finalizer swallowed, for `raise_pending_stop`
 
 
 class Interrupted(KeyboardInterrupt):
@@ -90,7 +95,11 @@ class Lost:
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Turn the first SIGINT/SIGTERM into `Interrupted` in this (main) thread; ignore repeats,
-    so that the cleanup they start is not itself interrupted. A no-op off the main thread."""
+    so that the cleanup they start is not itself interrupted. A no-op off the main thread.
+    Clears `STOP` first (an earlier stop of this process is over).
+
+    An `Interrupted` raised inside a finalizer (Python swallows it there, printing a traceback)
+    is kept silently for `raise_pending_stop` instead."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -101,8 +110,29 @@ def stop_on_signals() -> Iterator[None]:
         STOP.set()
         raise Interrupted(signum)
 
-    with _handlers(handler):
-        yield
+    default = sys.unraisablehook
+
+    def unraisable(u: Any) -> None:
+        if isinstance(u.exc_value, Interrupted):
+            _SWALLOWED.append(u.exc_value)
+        else:
+            default(u)
+
+    STOP.clear()
+    _SWALLOWED.clear()
+    sys.unraisablehook = unraisable
+    try:
+        with _handlers(handler):
+            yield
+    finally:
+        sys.unraisablehook = default
+
+
+def raise_pending_stop() -> None:
+    """Raise the `Interrupted` that a finalizer swallowed (`stop_on_signals`), in the main
+    thread; nothing otherwise. Cheap enough to call every training step."""
+    if _SWALLOWED and threading.current_thread() is threading.main_thread():
+        raise _SWALLOWED.pop()
 
 
 @contextlib.contextmanager
@@ -161,6 +191,7 @@ def run_loops(n: int, loop: Callable[[int, threading.Event], None],
         for t in threads:
             while t.is_alive():
                 t.join(0.5)
+                raise_pending_stop()
     except KeyboardInterrupt:
         stop.set()
         abandon()

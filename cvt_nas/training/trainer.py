@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cvt_nas.common.pool import raise_pending_stop
 from cvt_nas.common.proc import cpu_share
 from cvt_nas.model.config import CvTConfig
 from cvt_nas.model.cost import Cost, analytic_cost
@@ -253,6 +254,7 @@ class _Trial:
                 if self.mixup is not None:
                     x, y = self.mixup(x, y)  # y (B, num_classes) soft targets
                 step(x, y, lr)
+                raise_pending_stop()  # a stop signal a finalizer swallowed
                 if bar is not None and i % 10 == 0:
                     bar.set_postfix(loss=f"{step.running_loss():.4f}", lr=f"{lr:.2e}")
             mean, images = step.end_epoch()
