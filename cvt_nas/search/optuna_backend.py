@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +38,8 @@ from optuna.storages import BaseStorage
 
 from cvt_nas.common.gpus import worker_env
 from cvt_nas.common.pool import STOP, run_loops, run_workers
+from cvt_nas.common.proc import is_local
+from cvt_nas.common.storage import is_journal
 from cvt_nas.search import deterministic
 from cvt_nas.search import study as store
 from cvt_nas.search.progress import Progress
@@ -335,13 +339,21 @@ def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = Non
         study.sampler = make_sampler(run, seed)
         step, more = objective, (lambda: _unfinished(study, run))
     trains = run.runner is None or isinstance(run.runner, LocalRunner)
-    ran = 0
+    ran, waited = 0, list[int]()
     try:
         while not STOP.is_set() and not (stop is not None and stop.is_set()):
             # dead trials (this machine: by pid; others: by heartbeat) are failed and their
             # parameters queued before each count, since a dead RUNNING trial still counts
             if not more():
-                break
+                if not (remote := _remote_running(study, run)):
+                    break
+                if remote != waited:  # say so once per set of trials waited for
+                    waited = remote
+                    print(f"cvt-nas search: the study is full but trial(s) {remote} of other "
+                          "machines still run; waiting, to retry any whose machine died",
+                          file=sys.stderr, flush=True)
+                time.sleep(run.heartbeat or 1)
+                continue
             study.optimize(step, n_trials=1, gc_after_trial=trains,
                            catch=(TrialFailed, SurplusTrial, deterministic.SlotTaken))
             ran += 1
@@ -351,6 +363,17 @@ def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = Non
         objective.abandon()
         raise
     return ran
+
+
+def _remote_running(study: optuna.Study, run: SearchRun) -> list[int]:
+    """Numbers of the RUNNING trials of other machines' workers, when heartbeats can tell that
+    such a machine died (RDB storages with ``--heartbeat``): its trial then turns FAIL and is
+    queued again, and a worker that ended at "the study is full" would leave it to nobody."""
+    if not run.heartbeat or is_journal(run.storage_url):  # a journal has no heartbeats
+        return []
+    return [t.number for t in study.get_trials(deepcopy=False,
+                                               states=(optuna.trial.TrialState.RUNNING,))
+            if (tag := t.user_attrs.get("worker")) and not is_local(tag)]
 
 
 def _unfinished(study: optuna.Study, run: SearchRun) -> bool:

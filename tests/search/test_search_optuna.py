@@ -322,6 +322,40 @@ def test_another_machines_dead_trial_is_failed_and_queued_before_the_study_is_co
     assert len(queued) == 1 and queued[0].params == {"x": trial.params["x"]}
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_full_study_waits_for_another_machine_s_trial_and_retries_it_when_that_machine_dies(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The last worker standing must not end at "the study is full" while another machine's
+    trial still runs: if that machine dies, nobody would retry its trial."""
+    import threading
+
+    out = tmp_path / "tiny"
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    assert search(out, "--trials", "1", "--storage", url) == 0
+    storage = store.make_storage(url, heartbeat=1)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    remote = study.ask(study.trials[0].distributions)  # another machine's trial
+    study._storage.set_trial_user_attr(remote._trial_id, "worker", "elsewhere:1:1")
+
+    def other_machine() -> None:  # beats for 2 s, then its machine dies
+        for _ in range(7):
+            storage.record_heartbeat(remote._trial_id)
+            time.sleep(0.3)
+
+    beating = threading.Thread(target=other_machine, daemon=True)
+    beating.start()
+    assert search(out, "--trials", "2", "--storage", url, "--heartbeat", "1") == 0
+    beating.join()
+    assert f"trial(s) [{remote.number}] of other machines still run; waiting" in \
+        capsys.readouterr().err
+    trials = load_study(url).trials
+    assert trials[remote.number].state.name == "FAIL"
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == remote.number]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE"
+    assert retry[0].params == remote.params  # the dead trial's draw, trained here
+    assert store.tally(load_study(url)).counted == 2
+
+
 def test_a_dead_trial_that_stored_its_record_is_kept_not_retried(tmp_path: Path) -> None:
     """A worker killed between storing a trial's record and telling Optuna leaves a RUNNING
     trial that holds a finished result: it is failed (its worker is gone) but counts, shows in
