@@ -124,6 +124,7 @@ def stop_on_signals() -> Iterator[None]:
     try:
         with _handlers(handler):
             yield
+            raise_pending_stop()  # swallowed after the last step: still a stop (exit 130/143)
     finally:
         sys.unraisablehook = default
 

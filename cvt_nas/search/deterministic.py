@@ -37,7 +37,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from cvt_nas.common.pool import STOP
+from cvt_nas.common.pool import STOP, raise_pending_stop
 from cvt_nas.search import study as store
 
 # `cvt_nas.search.optuna_backend`'s SearchRun and Objective; that module hands over to this one,
@@ -306,6 +306,7 @@ class _Step:
             if slots.queued_before(k):
                 raise SlotTaken(f"slot {k} gave way to an earlier slot waiting in the queue")
             time.sleep(POLL_S)
+            raise_pending_stop()  # a stop a finalizer swallowed ends the wait as a signal would
             store.fail_dead_trials(study)
             slots = Slots.read(study)
             requeue(study, slots, min(start, run.trials))

@@ -190,6 +190,8 @@ def test_a_stop_that_lands_in_a_finalizer_is_raised_at_the_next_step_without_a_t
         assert reached  # not raised outside the finalizer
         assert stopped.value.exit_code == 128 + signal.SIGTERM
         raise_pending_stop()  # raised once
+        with pytest.raises(Interrupted), stop_on_signals():
+            _SignalledWhileCollected()  # and no training step follows: raised on leaving
     finally:
         STOP.clear()
     assert "Traceback" not in capfd.readouterr().err
