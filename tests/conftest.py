@@ -310,6 +310,28 @@ def running_trials(out: Path, at_least: int = 1, study: str = "tiny") -> list[An
     return running if len(running) >= at_least else []
 
 
+def trial_of_killed(trials: list[Any], pid: int) -> Any:
+    """The one trial that worker ``pid`` was running when it was killed: failed, without a
+    record. (The trial a test saw running may have finished in the moment before the kill; then
+    the worker was killed in its next one.)"""
+    from cvt_nas.common.proc import parse_tag
+
+    lost = [t for t in trials if t.state.name == "FAIL" and "record" not in t.user_attrs
+            and parse_tag(t.user_attrs.get("worker", "")).pid == pid]
+    assert len(lost) == 1, [(t.number, t.state.name, t.user_attrs.get("worker")) for t in lost]
+    return lost[0]
+
+
+def stopped_trials(seen: list[Any], states: dict[int, str]) -> list[Any]:
+    """Of the trials a test saw running before it stopped the run, those the stop interrupted
+    (FAIL); the others must have finished in the moment before the signal (COMPLETE). At least
+    one was interrupted."""
+    assert {states[t.number] for t in seen} <= {"FAIL", "COMPLETE"}, states
+    interrupted = [t for t in seen if states[t.number] == "FAIL"]
+    assert interrupted, states
+    return interrupted
+
+
 # -- the bench tests' small real table (tests/data/tiny_bench/, built by
 # tests/bench/make_tiny_bench.py) -------------------------------------------------------------
 

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import cvt_nas_running, running_trials, stop, wait_for, worker_tags
+from conftest import (
+    cvt_nas_running,
+    running_trials,
+    stop,
+    stopped_trials,
+    trial_of_killed,
+    wait_for,
+    worker_tags,
+)
 
 from cvt_nas.cli import main
 from cvt_nas.common.proc import alive, parse_tag
@@ -54,17 +62,16 @@ def test_a_worker_killed_mid_trial_costs_the_study_nothing(tmp_path: Path) -> No
     assert len(records) == 6  # none lost
     assert len({r["trial"] for r in records}) == 6  # none twice
     assert len({r["params_sampled"] for r in records}) == 6  # no architecture trained twice
-    zombie = study.trials[victim.number]
-    assert zombie.state.name == "FAIL" and "record" not in zombie.user_attrs
-    retry = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    zombie = trial_of_killed(trials, pid)  # the victim, unless it finished just before
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == zombie.number]
     assert len(retry) == 1 and "record" in retry[0].user_attrs
-    assert victim.params.items() <= retry[0].params.items()  # the dead trial's draw, again
+    assert zombie.params.items() <= retry[0].params.items()  # the dead trial's draw, again
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
     err = log.read_text()
     assert f"cvt-nas search: lost 1 worker(s): pid {pid} (SIGKILL)" in err
     assert "Traceback" not in err and "RuntimeError" not in err
     assert retry[0].datetime_start is not None
-    print(f"\nkill -9 of worker {pid} in trial {victim.number}: retried as trial "
+    print(f"\nkill -9 of worker {pid} in trial {zombie.number}: retried as trial "
           f"{retry[0].number}, started {retry[0].datetime_start.timestamp() - killed_at:.1f} s "
           "after the kill")
 
@@ -87,8 +94,7 @@ def test_sigterm_stops_every_worker_and_the_same_command_completes_the_study(
     study = _study(out)
     states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
     assert "RUNNING" not in states.values()
-    for t in running:  # failed, and queued to run again with the same parameters
-        assert states[t.number] == "FAIL"
+    for t in stopped_trials(running, states):  # failed, and queued again with its parameters
         assert any(q.system_attrs.get("failed_trial") == t.number and q.state.name == "WAITING"
                    for q in study.get_trials(deepcopy=False))
     print(f"\nSIGTERM: search exited {stopped:.1f} s later, 2 workers stopped")
