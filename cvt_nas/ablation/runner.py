@@ -36,7 +36,7 @@ from cvt_nas.ablation.experiment import Experiment, load_experiment
 from cvt_nas.common import fmt
 from cvt_nas.common.gpus import worker_env, workers_per_device
 from cvt_nas.common.pool import STOP, run_loops, run_workers
-from cvt_nas.common.proc import cpu_name, worker_tag
+from cvt_nas.common.proc import cpu_name, trial_tag, worker_tag
 from cvt_nas.common.storage import fail_dead_trials, open_storage
 from cvt_nas.results.records import TRAIN_PREFIX
 
@@ -345,7 +345,15 @@ def _abandon(study: optuna.Study, current: list[optuna.Trial]) -> None:
 def _loop(study: optuna.Study, objective: _Objective, pairs: list[tuple[str, int]],
           rng: random.Random, tag: str, current: list[optuna.Trial],
           stop: threading.Event | None = None) -> None:
-    """Train missing pairs until none is left (``current`` holds the running trial)."""
+    """Train missing pairs until none is left (``current`` holds the running trial); the trials
+    carry ``tag`` from their first commit (`cvt_nas.common.proc.trial_tag`)."""
+    with trial_tag(tag):
+        _train_missing(study, objective, pairs, rng, tag, current, stop)
+
+
+def _train_missing(study: optuna.Study, objective: _Objective, pairs: list[tuple[str, int]],
+                   rng: random.Random, tag: str, current: list[optuna.Trial],
+                   stop: threading.Event | None) -> None:
     cpu = cpu_name()
 
     def tagged(trial: optuna.Trial) -> float:

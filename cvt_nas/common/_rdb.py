@@ -1,5 +1,5 @@
-"""An Optuna RDB storage that pickles without the password in its URL and rides out a database
-server restart.
+"""Our Optuna storages: an RDB storage that pickles without the password in its URL, rides out
+a database server restart and claims trials atomically; both tag their trials with their worker.
 
 Ray Tune pickles its searcher (and with it the study and its storage) into the experiment
 folder (``tuner.pkl``, ``searcher-state-*.pkl``); Optuna's own ``RDBStorage`` keeps its URL in
@@ -21,11 +21,17 @@ processes) could both read WAITING and both run the trial, and the second to fin
 could both fail it, and both queue its parameters again). Here each is one conditional ``UPDATE
 ... WHERE state IN (...)``: the database lets exactly one worker through, on SQLite and
 PostgreSQL alike.
+
+Tagging a trial: inside `cvt_nas.common.proc.trial_tag(tag)`, a trial this thread creates or
+claims carries the ``worker`` user attr from the same commit that makes it RUNNING. Set later (the objective's
+first line), a stop or kill in between (Optuna samples relative parameters in between) left a
+RUNNING trial that no check could tell dead: it counted toward ``--trials`` for ever.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import time
@@ -33,8 +39,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from optuna.storages import RDBStorage
-from optuna.trial import TrialState
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from cvt_nas.common.proc import current_tag
 
 RECONNECT_S = 60.0
 _PASSWORD_KEYS = ("password", "passwd", "pwd")
@@ -49,6 +57,19 @@ _REPEATABLE = (
     "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
     "set_trial_system_attr", "record_heartbeat", "_get_stale_trial_ids")
 _USERINFO = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):\S*@(?=[^@\s]*(?:[/?]|$))")
+
+
+def tagged_template(template: FrozenTrial | None) -> FrozenTrial | None:
+    """What a new trial of this thread is created from: Optuna's plain RUNNING trial, with this
+    thread's worker tag (`cvt_nas.common.proc.trial_tag`); ``template`` itself when there is
+    no tag or a template."""
+    tag = current_tag()
+    if tag is None or template is not None:
+        return template
+    return FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, values=None,
+                       datetime_start=datetime.now(), datetime_complete=None, params={},
+                       distributions={}, user_attrs={"worker": tag}, system_attrs={},
+                       intermediate_values={}, trial_id=-1)
 
 
 class SecretFreeRDBStorage(RDBStorage):
@@ -68,6 +89,11 @@ class SecretFreeRDBStorage(RDBStorage):
         if full and without_password(full) == state["url"]:
             state = {**state, "url": full}
         super().__setstate__(state)
+
+    def _create_new_trial(self, study_id: int,
+                          template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        """Optuna's, tagged with this thread's worker in the same commit (`trial_tag`)."""
+        return super()._create_new_trial(study_id, tagged_template(template_trial))
 
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:
@@ -92,6 +118,8 @@ class SecretFreeRDBStorage(RDBStorage):
             changed = (session.query(trial)
                        .filter(trial.trial_id == trial_id, trial.state.in_(before))
                        .update(change, synchronize_session=False))
+            if changed and state == TrialState.RUNNING and (tag := current_tag()) is not None:
+                self._tag_without_commit(session, trial_id, tag)  # one commit with the claim
             if changed:
                 return True
             # as Optuna: a finished trial raises UpdateFinishedTrialError; a running one is
@@ -99,6 +127,34 @@ class SecretFreeRDBStorage(RDBStorage):
             found: TrialState = trial.find_or_raise_by_id(trial_id, session).state  # type: ignore[assignment]
             self.check_trial_is_updatable(trial_id, found)
             return False
+
+
+    @staticmethod
+    def _tag_without_commit(session: Any, trial_id: int, tag: str) -> None:
+        from optuna.storages._rdb import models
+
+        attr = models.TrialUserAttributeModel
+        row = session.query(attr).filter(attr.trial_id == trial_id, attr.key == "worker").first()
+        if row is None:
+            session.add(attr(trial_id=trial_id, key="worker", value_json=json.dumps(tag)))
+        else:
+            row.value_json = json.dumps(tag)
+
+
+class TaggedJournalStorage(JournalStorage):
+    """Optuna's journal storage whose trials carry this thread's worker tag from the start
+    (`cvt_nas.common.proc.trial_tag`): a new trial in its creating entry, a claimed one in the
+    entry right after the claim."""
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return super().create_new_trial(study_id, tagged_template(template_trial))
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        claimed = super().set_trial_state_values(trial_id, state, values)
+        if claimed and state == TrialState.RUNNING and (tag := current_tag()) is not None:
+            self.set_trial_user_attr(trial_id, "worker", tag)
+        return claimed
 
 
 def _connection_lost(exc: BaseException) -> bool:

@@ -3,17 +3,21 @@
 A trial stores the tag of the process that runs it. On the same machine a later process can tell
 whether that worker is gone: its pid no longer exists, or the pid now belongs to another process
 (a different start time, read from ``/proc/<pid>/stat``). A worker on another machine cannot be
-checked this way; only the storage's heartbeat tells about it.
+checked this way; only the storage's heartbeat tells about it. Inside `trial_tag`, the storages
+write the tag in the same commit that makes a trial RUNNING.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
+from collections.abc import Iterator
 from typing import NamedTuple
 
-__all__ = ["WorkerTag", "alive", "cpu_name", "cpu_share", "is_local", "parse_tag",
-           "start_time", "threads_per_trial", "usable_cpus", "worker_tag"]
+__all__ = ["WorkerTag", "alive", "cpu_name", "cpu_share", "current_tag", "is_local", "parse_tag",
+           "start_time", "threads_per_trial", "trial_tag", "usable_cpus", "worker_tag"]
 
 
 class WorkerTag(NamedTuple):
@@ -41,6 +45,26 @@ def worker_tag(pid: int | None = None, thread: int | None = None) -> str:
     pid = os.getpid() if pid is None else pid
     tag = f"{socket.gethostname()}:{pid}:{start_time(pid) or ''}"
     return tag if thread is None else f"{tag}#{thread}"
+
+
+_TAG = threading.local()  # the worker tag of this thread's trials (`trial_tag`)
+
+
+@contextlib.contextmanager
+def trial_tag(tag: str) -> Iterator[None]:
+    """Trials this thread creates or claims meanwhile carry ``worker: tag`` from their first
+    commit (both storages `cvt_nas.common.storage.open_storage` makes, `cvt_nas.common._rdb`)."""
+    before = getattr(_TAG, "value", None)
+    _TAG.value = tag
+    try:
+        yield
+    finally:
+        _TAG.value = before
+
+
+def current_tag() -> str | None:
+    """The tag `trial_tag` set for this thread, if any."""
+    return getattr(_TAG, "value", None)
 
 
 def parse_tag(tag: str) -> WorkerTag:

@@ -44,7 +44,6 @@ _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s
                        r"(?=[^@\s]*(?:[/?\s]|$))")
 _PASSWORD_PARAM = re.compile(r"(?i)(?P<key>\b(?:password|passwd|pwd)=)[^&\s]*")
 
-
 class StorageError(ValueError):
     """A storage that cannot be opened or is not a storage at all (the message says which)."""
 
@@ -126,10 +125,9 @@ def open_storage(url: str, heartbeat: int | None = 10,
             what to check.
     """
     import optuna
-    from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from cvt_nas.common._rdb import SecretFreeRDBStorage
+    from cvt_nas.common._rdb import SecretFreeRDBStorage, TaggedJournalStorage
 
     url = check_url(url, flag)
     if is_journal(url):
@@ -138,7 +136,7 @@ def open_storage(url: str, heartbeat: int | None = 10,
             raise StorageError(f"{flag} {path}: is a directory; name a journal file inside it")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            return JournalStorage(JournalFileBackend(str(path)))
+            return TaggedJournalStorage(JournalFileBackend(str(path)))
         except Exception as exc:  # noqa: BLE001 - unreadable or not a journal
             raise StorageError(f"{flag} {path}: cannot open the journal file: "
                                f"{_first_line(exc)}") from None

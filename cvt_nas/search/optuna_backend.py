@@ -38,7 +38,7 @@ from optuna.storages import BaseStorage
 
 from cvt_nas.common.gpus import worker_env
 from cvt_nas.common.pool import STOP, run_loops, run_workers
-from cvt_nas.common.proc import is_local
+from cvt_nas.common.proc import is_local, trial_tag
 from cvt_nas.common.storage import is_journal
 from cvt_nas.search import deterministic
 from cvt_nas.search import study as store
@@ -340,28 +340,29 @@ def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = Non
         step, more = objective, (lambda: _unfinished(study, run))
     trains = run.runner is None or isinstance(run.runner, LocalRunner)
     ran, waited = 0, list[int]()
-    try:
-        while not STOP.is_set() and not (stop is not None and stop.is_set()):
-            # dead trials (this machine: by pid; others: by heartbeat) are failed and their
-            # parameters queued before each count, since a dead RUNNING trial still counts
-            if not more():
-                if not (remote := _remote_running(study, run)):
+    with trial_tag(objective.tag):  # its trials carry it from their first commit
+        try:
+            while not STOP.is_set() and not (stop is not None and stop.is_set()):
+                # dead trials (this machine: by pid; others: by heartbeat) are failed and their
+                # parameters queued before each count, since a dead RUNNING trial still counts
+                if not more():
+                    if not (remote := _remote_running(study, run)):
+                        break
+                    if remote != waited:  # say so once per set of trials waited for
+                        waited = remote
+                        print(f"cvt-nas search: the study is full but trial(s) {remote} of other "
+                              "machines still run; waiting, to retry any whose machine died",
+                              file=sys.stderr, flush=True)
+                    time.sleep(run.heartbeat or 1)
+                    continue
+                study.optimize(step, n_trials=1, gc_after_trial=trains,
+                               catch=(TrialFailed, SurplusTrial, deterministic.SlotTaken))
+                ran += 1
+                if objective.surplus:
                     break
-                if remote != waited:  # say so once per set of trials waited for
-                    waited = remote
-                    print(f"cvt-nas search: the study is full but trial(s) {remote} of other "
-                          "machines still run; waiting, to retry any whose machine died",
-                          file=sys.stderr, flush=True)
-                time.sleep(run.heartbeat or 1)
-                continue
-            study.optimize(step, n_trials=1, gc_after_trial=trains,
-                           catch=(TrialFailed, SurplusTrial, deterministic.SlotTaken))
-            ran += 1
-            if objective.surplus:
-                break
-    except KeyboardInterrupt:  # SIGINT/SIGTERM (`cvt_nas.common.pool`)
-        objective.abandon()
-        raise
+        except KeyboardInterrupt:  # SIGINT/SIGTERM (`cvt_nas.common.pool`)
+            objective.abandon()
+            raise
     return ran
 
 

@@ -217,6 +217,36 @@ def test_a_dead_worker_s_trial_is_failed_by_exactly_one_of_the_survivors(
     assert {t.state.name for t in study.get_trials(deepcopy=False)} == {"FAIL"}
 
 
+class _StoppedWhileSampling(optuna.samplers.RandomSampler):
+    """A stop (Ctrl-C) that lands while Optuna prepares a new trial, before the objective runs."""
+
+    def before_trial(self, study: Any, trial: Any) -> None:
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_trial_carries_its_worker_from_its_first_commit(tmp_path: Path, kind: str) -> None:
+    # the tag used to be set in the objective's first line: a stop or kill before it left a
+    # RUNNING trial that no check could tell dead, counted toward --trials for ever
+    from cvt_nas.common.proc import trial_tag
+
+    url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else str(tmp_path / "s.journal")
+    study = optuna.create_study(storage=open_storage(url, heartbeat=None), study_name="t")
+    study.enqueue_trial({"x": 1})
+    study.sampler = _StoppedWhileSampling()
+    with trial_tag("host:1:1#0"):
+        with pytest.raises(KeyboardInterrupt):
+            study.optimize(lambda t: 0.0, n_trials=1)  # claims the queued trial
+        with pytest.raises(KeyboardInterrupt):
+            study.optimize(lambda t: 0.0, n_trials=1)  # creates one
+    study.sampler = optuna.samplers.RandomSampler()
+    untagged = study.ask()  # outside trial_tag: as Optuna makes it
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["RUNNING"] * 3
+    assert [t.user_attrs.get("worker") for t in trials] == ["host:1:1#0", "host:1:1#0", None]
+    assert trials[1].datetime_start is not None and untagged.number == 2
+
+
 def test_shown_url_names_local_files_relative_and_hides_passwords(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cvt_nas.common.storage import shown_url
