@@ -23,9 +23,9 @@ could both fail it, and both queue its parameters again). Here each is one condi
 PostgreSQL alike.
 
 Tagging a trial: inside `cvt_nas.common.proc.trial_tag(tag)`, a trial this thread creates or
-claims carries the ``worker`` user attr from the same commit that makes it RUNNING. Set later (the objective's
-first line), a stop or kill in between (Optuna samples relative parameters in between) left a
-RUNNING trial that no check could tell dead: it counted toward ``--trials`` for ever.
+claims carries the ``worker`` user attr from the same commit that makes it RUNNING. Set later
+(the objective's first line), a stop or kill in between (Optuna's sampler runs in between) left
+a RUNNING trial that no check could tell dead: it counted toward ``--trials`` for ever.
 """
 
 from __future__ import annotations
