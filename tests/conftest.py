@@ -310,6 +310,18 @@ def running_trials(out: Path, at_least: int = 1, study: str = "tiny") -> list[An
     return running if len(running) >= at_least else []
 
 
+def stopped_while_preparing() -> Any:
+    """A sampler at which a stop (Ctrl-C) lands while Optuna prepares a new trial: after the
+    trial is RUNNING, before the objective runs."""
+    import optuna
+
+    class Stopping(optuna.samplers.RandomSampler):
+        def before_trial(self, study: Any, trial: Any) -> None:
+            raise KeyboardInterrupt
+
+    return Stopping()
+
+
 def trial_of_killed(trials: list[Any], pid: int) -> Any:
     """The one trial that worker ``pid`` was running when it was killed: failed, without a
     record. (The trial a test saw running may have finished in the moment before the kill; then

@@ -318,7 +318,7 @@ def _worker(path: str, scale: str, seeds: int, storage: str, threads: int | None
         try:
             _loop(study, objective, pairs, random.Random(worker), worker_tag(), running)
         except KeyboardInterrupt:  # SIGINT/SIGTERM (`cvt_nas.common.pool`): leave it resumable
-            _abandon(study, running)
+            _abandon(study, running, worker_tag())
             raise
         return
     currents: list[list[optuna.Trial]] = [[] for _ in range(pack)]
@@ -328,18 +328,22 @@ def _worker(path: str, scale: str, seeds: int, storage: str, threads: int | None
               currents[j], stop)
 
     def abandon() -> None:
-        for current in currents:
-            _abandon(study, current)
+        for j, current in enumerate(currents):
+            _abandon(study, current, worker_tag(thread=j))
 
     run_loops(pack, loop, abandon)
 
 
-def _abandon(study: optuna.Study, current: list[optuna.Trial]) -> None:
-    """Fail the trial a loop was running (if it is still running), so the pair runs again."""
-    if current:
+def _abandon(study: optuna.Study, current: list[optuna.Trial], tag: str) -> None:
+    """Fail the trial a loop was running (if it is still running: its current one, or one
+    stopped while Optuna prepared it, RUNNING with the loop's tag), so the pair runs again."""
+    ids = {t._trial_id for t in current}
+    ids |= {t._trial_id for t in study.get_trials(deepcopy=False,
+                                                  states=(optuna.trial.TrialState.RUNNING,))
+            if t.user_attrs.get("worker") == tag}
+    for trial_id in ids:
         with contextlib.suppress(Exception):  # it finished meanwhile
-            study._storage.set_trial_state_values(current[0]._trial_id,
-                                                  state=optuna.trial.TrialState.FAIL)
+            study._storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
 
 
 def _loop(study: optuna.Study, objective: _Objective, pairs: list[tuple[str, int]],

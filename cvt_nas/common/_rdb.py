@@ -129,6 +129,19 @@ class SecretFreeRDBStorage(RDBStorage):
             return False
 
 
+    def beating(self, trial_ids: Sequence[int]) -> set[int]:
+        """Which of these trials have recorded a heartbeat (only those can turn stale: Optuna
+        skips a RUNNING trial that never beat)."""
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        if not trial_ids:
+            return set()
+        beat = models.TrialHeartbeatModel
+        with _create_scoped_session(self.scoped_session) as session:
+            rows = session.query(beat.trial_id).filter(beat.trial_id.in_(list(trial_ids))).all()
+        return {int(r[0]) for r in rows}
+
     @staticmethod
     def _tag_without_commit(session: Any, trial_id: int, tag: str) -> None:
         from optuna.storages._rdb import models

@@ -95,7 +95,8 @@ class Lost:
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Turn the first SIGINT/SIGTERM into `Interrupted` in this (main) thread; ignore repeats,
-    so that the cleanup they start is not itself interrupted. A no-op off the main thread.
+    so that the cleanup they start is not itself interrupted (a repeat of a stop that a
+    finalizer swallowed is raised). A no-op off the main thread.
     Clears `STOP` first (an earlier stop of this process is over).
 
     An `Interrupted` raised inside a finalizer (Python swallows it there, printing a traceback)
@@ -105,8 +106,9 @@ def stop_on_signals() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if STOP.is_set():
+        if STOP.is_set() and not _SWALLOWED:  # a repeat: the first one is unwinding
             return
+        _SWALLOWED.clear()  # a repeat of a swallowed one: raise it now
         STOP.set()
         raise Interrupted(signum)
 
@@ -127,6 +129,7 @@ def stop_on_signals() -> Iterator[None]:
             raise_pending_stop()  # swallowed after the last step: still a stop (exit 130/143)
     finally:
         sys.unraisablehook = default
+        _SWALLOWED.clear()
 
 
 def raise_pending_stop() -> None:

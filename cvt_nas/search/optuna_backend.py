@@ -255,19 +255,23 @@ class Objective:
             self.study.sampler = make_sampler(self.run, stream_seed(self.run.seed, self.tag))
 
     def abandon(self) -> None:
-        """Leave the study resumable after an interrupt: the trial this worker was running is
+        """Leave the study resumable after an interrupt: the trial this worker was running (its
+        current one, or one stopped while Optuna prepared it: RUNNING with this worker's tag) is
         failed and its parameters are queued again, once (`cvt_nas.search.study.retry_trial`)."""
-        if self.current is None:
-            return
-        storage, trial_id = self.study._storage, self.current._trial_id
-        if storage.get_trial(trial_id).state == optuna.trial.TrialState.RUNNING:
-            try:
-                storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
-            except Exception:  # noqa: BLE001 - it finished meanwhile
-                return
-        frozen = storage.get_trial(trial_id)
-        if frozen.state == optuna.trial.TrialState.FAIL:
-            store.retry_trial(self.study, frozen)
+        storage, running = self.study._storage, optuna.trial.TrialState.RUNNING
+        ids = [t._trial_id for t in self.study.get_trials(deepcopy=False, states=(running,))
+               if t.user_attrs.get("worker") == self.tag]  # one stopped before __call__ too
+        if self.current is not None and self.current._trial_id not in ids:
+            ids.append(self.current._trial_id)  # Optuna may have failed it already
+        for trial_id in ids:
+            if storage.get_trial(trial_id).state == running:
+                try:
+                    storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
+                except Exception:  # noqa: BLE001 - it finished meanwhile
+                    continue
+            frozen = storage.get_trial(trial_id)
+            if frozen.state == optuna.trial.TrialState.FAIL:
+                store.retry_trial(self.study, frozen)
 
     def previous(self, params_sampled: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """The record and history of the first complete trial drawn with these parameters."""
@@ -357,6 +361,7 @@ def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = Non
                     continue
                 study.optimize(step, n_trials=1, gc_after_trial=trains,
                                catch=(TrialFailed, SurplusTrial, deterministic.SlotTaken))
+                objective.current = None  # ended: a stop from now on has nothing to abandon
                 ran += 1
                 if objective.surplus:
                     break
@@ -367,14 +372,21 @@ def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = Non
 
 
 def _remote_running(study: optuna.Study, run: SearchRun) -> list[int]:
-    """Numbers of the RUNNING trials of other machines' workers, when heartbeats can tell that
-    such a machine died (RDB storages with ``--heartbeat``): its trial then turns FAIL and is
+    """Numbers of the RUNNING trials of other machines' workers that heartbeats can tell dead
+    (RDB storages with ``--heartbeat``, trials that have beaten): such a trial turns FAIL and is
     queued again, and a worker that ended at "the study is full" would leave it to nobody."""
     if not run.heartbeat or is_journal(run.storage_url):  # a journal has no heartbeats
         return []
-    return [t.number for t in study.get_trials(deepcopy=False,
-                                               states=(optuna.trial.TrialState.RUNNING,))
-            if (tag := t.user_attrs.get("worker")) and not is_local(tag)]
+    remote = [t for t in study.get_trials(deepcopy=False,
+                                          states=(optuna.trial.TrialState.RUNNING,))
+              if (tag := t.user_attrs.get("worker")) and not is_local(tag)]
+    backend = getattr(study._storage, "_backend", study._storage)  # Optuna's cache wraps it
+    if not remote or not hasattr(backend, "beating"):
+        return []
+    # only a trial that has beaten can turn stale (one whose worker died before its first
+    # beat, or runs with --heartbeat 0, never would: waiting for it could last for ever)
+    beating = backend.beating([t._trial_id for t in remote])
+    return [t.number for t in remote if t._trial_id in beating]
 
 
 def _unfinished(study: optuna.Study, run: SearchRun) -> bool:

@@ -192,6 +192,12 @@ def test_a_stop_that_lands_in_a_finalizer_is_raised_at_the_next_step_without_a_t
         raise_pending_stop()  # raised once
         with pytest.raises(Interrupted), stop_on_signals():
             _SignalledWhileCollected()  # and no training step follows: raised on leaving
+        with pytest.raises(Interrupted), stop_on_signals():
+            _SignalledWhileCollected()
+            signal.raise_signal(signal.SIGINT)  # a second Ctrl-C is not ignored as a repeat
+            time.sleep(1)  # not reached: the handler raises here
+            reached.append(False)
+        assert reached[-1] is True
     finally:
         STOP.clear()
     assert "Traceback" not in capfd.readouterr().err

@@ -11,7 +11,7 @@ from typing import Any
 
 import optuna
 import pytest
-from conftest import PostgresServer, at_once
+from conftest import PostgresServer, at_once, stopped_while_preparing
 
 from cvt_nas.common._rdb import without_password
 from cvt_nas.common.proc import worker_tag
@@ -217,13 +217,6 @@ def test_a_dead_worker_s_trial_is_failed_by_exactly_one_of_the_survivors(
     assert {t.state.name for t in study.get_trials(deepcopy=False)} == {"FAIL"}
 
 
-class _StoppedWhileSampling(optuna.samplers.RandomSampler):
-    """A stop (Ctrl-C) that lands while Optuna prepares a new trial, before the objective runs."""
-
-    def before_trial(self, study: Any, trial: Any) -> None:
-        raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_a_trial_carries_its_worker_from_its_first_commit(tmp_path: Path, kind: str) -> None:
     # the tag used to be set in the objective's first line: a stop or kill before it left a
@@ -233,7 +226,7 @@ def test_a_trial_carries_its_worker_from_its_first_commit(tmp_path: Path, kind: 
     url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else str(tmp_path / "s.journal")
     study = optuna.create_study(storage=open_storage(url, heartbeat=None), study_name="t")
     study.enqueue_trial({"x": 1})
-    study.sampler = _StoppedWhileSampling()
+    study.sampler = stopped_while_preparing()
     with trial_tag("host:1:1#0"):
         with pytest.raises(KeyboardInterrupt):
             study.optimize(lambda t: 0.0, n_trials=1)  # claims the queued trial

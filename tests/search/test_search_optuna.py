@@ -15,7 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import at_once
+from conftest import at_once, stopped_while_preparing
 
 from cvt_nas.cli import main
 from cvt_nas.common.fmt import duration
@@ -354,6 +354,46 @@ def test_a_full_study_waits_for_another_machine_s_trial_and_retries_it_when_that
     assert len(retry) == 1 and retry[0].state.name == "COMPLETE"
     assert retry[0].params == remote.params  # the dead trial's draw, trained here
     assert store.tally(load_study(url)).counted == 2
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_full_study_does_not_wait_for_a_remote_trial_that_never_beat(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A trial whose worker died before its first heartbeat (or runs with --heartbeat 0) can
+    never turn stale: waiting for it would last for ever."""
+    out = tmp_path / "tiny"
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    assert search(out, "--trials", "1", "--storage", url) == 0
+    study = optuna.load_study(study_name="tiny", storage=store.make_storage(url, heartbeat=1))
+    remote = study.ask(study.trials[0].distributions)
+    study._storage.set_trial_user_attr(remote._trial_id, "worker", "elsewhere:1:1")
+    assert search(out, "--trials", "2", "--storage", url, "--heartbeat", "1") == 0
+    assert "waiting" not in capsys.readouterr().err
+    assert load_study(url).trials[remote.number].state.name == "RUNNING"  # left as it was
+
+
+def test_a_stop_while_optuna_prepares_a_trial_fails_it_and_queues_it_again(
+        tmp_path: Path) -> None:
+    """Optuna makes a trial RUNNING before our objective runs; a stop in between is abandoned
+    by the worker's tag (the trial was never its ``current``)."""
+    from cvt_nas.common.proc import trial_tag
+    from cvt_nas.search.optuna_backend import Objective
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = store.open_study(store.make_storage(url, heartbeat=None), "t", {"val_top1": "max"})
+    run = SearchRun(space=load_space(TINY), settings=TrialSettings("t", "optuna",
+                                                                   {"val_top1": "max"}),
+                    storage_url=url, trials=2)
+    objective = Objective(run, study, tag="here:1:1#0")
+    other = study.ask()  # another worker's trial, not to be touched
+    study._storage.set_trial_user_attr(other._trial_id, "worker", "here:2:2")
+    study.sampler = stopped_while_preparing()
+    with trial_tag(objective.tag), pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=1)
+    objective.abandon()  # what run_worker does on a stop
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["RUNNING", "FAIL", "WAITING"]
+    assert trials[2].system_attrs["failed_trial"] == 1
 
 
 def test_a_dead_trial_that_stored_its_record_is_kept_not_retried(tmp_path: Path) -> None:
