@@ -16,7 +16,6 @@ not, so only packed runs reuse them.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -37,7 +36,7 @@ from cvt_nas.common import fmt
 from cvt_nas.common.gpus import worker_env, workers_per_device
 from cvt_nas.common.pool import STOP, run_loops, run_workers
 from cvt_nas.common.proc import cpu_name, trial_tag, worker_tag
-from cvt_nas.common.storage import fail_dead_trials, open_storage
+from cvt_nas.common.storage import abandon_trials, fail_dead_trials, open_storage
 from cvt_nas.results.records import TRAIN_PREFIX
 
 if TYPE_CHECKING:
@@ -318,7 +317,7 @@ def _worker(path: str, scale: str, seeds: int, storage: str, threads: int | None
         try:
             _loop(study, objective, pairs, random.Random(worker), worker_tag(), running)
         except KeyboardInterrupt:  # SIGINT/SIGTERM (`cvt_nas.common.pool`): leave it resumable
-            _abandon(study, running, worker_tag())
+            abandon_trials(study, worker_tag(), running)  # the pair runs again
             raise
         return
     currents: list[list[optuna.Trial]] = [[] for _ in range(pack)]
@@ -329,21 +328,9 @@ def _worker(path: str, scale: str, seeds: int, storage: str, threads: int | None
 
     def abandon() -> None:
         for j, current in enumerate(currents):
-            _abandon(study, current, worker_tag(thread=j))
+            abandon_trials(study, worker_tag(thread=j), current)
 
     run_loops(pack, loop, abandon)
-
-
-def _abandon(study: optuna.Study, current: list[optuna.Trial], tag: str) -> None:
-    """Fail the trial a loop was running (if it is still running: its current one, or one
-    stopped while Optuna prepared it, RUNNING with the loop's tag), so the pair runs again."""
-    ids = {t._trial_id for t in current}
-    ids |= {t._trial_id for t in study.get_trials(deepcopy=False,
-                                                  states=(optuna.trial.TrialState.RUNNING,))
-            if t.user_attrs.get("worker") == tag}
-    for trial_id in ids:
-        with contextlib.suppress(Exception):  # it finished meanwhile
-            study._storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
 
 
 def _loop(study: optuna.Study, objective: _Objective, pairs: list[tuple[str, int]],

@@ -128,7 +128,6 @@ class SecretFreeRDBStorage(RDBStorage):
             self.check_trial_is_updatable(trial_id, found)
             return False
 
-
     def beating(self, trial_ids: Sequence[int]) -> set[int]:
         """Which of these trials have recorded a heartbeat (only those can turn stale: Optuna
         skips a RUNNING trial that never beat)."""

@@ -26,7 +26,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ _SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "journal")
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>\S*)@"
                        r"(?=[^@\s]*(?:[/?\s]|$))")
 _PASSWORD_PARAM = re.compile(r"(?i)(?P<key>\b(?:password|passwd|pwd)=)[^&\s]*")
+
 
 class StorageError(ValueError):
     """A storage that cannot be opened or is not a storage at all (the message says which)."""
@@ -181,6 +182,29 @@ def fail_stale_trials(study: Any) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def abandon_trials(study: Any, tag: str, current: Iterable[Any] = (),
+                   on_failed: Callable[[Any, Any], None] | None = None) -> None:
+    """Leave a stopped worker's trials resumable: fail those still RUNNING among ``current``
+    and those carrying its ``tag`` (one stopped while Optuna prepared it was never current);
+    ``on_failed(study, trial)`` runs for each that ends FAIL (Optuna fails the trial a stop
+    interrupted itself), e.g. to queue its parameters again."""
+    from optuna.trial import TrialState
+
+    ids = [t._trial_id for t in current]
+    ids += [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("worker") == tag and t._trial_id not in ids]
+    storage = study._storage
+    for trial_id in ids:
+        if storage.get_trial(trial_id).state == TrialState.RUNNING:
+            try:
+                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            except Exception:  # noqa: BLE001 - it finished meanwhile
+                continue
+        frozen = storage.get_trial(trial_id)
+        if on_failed is not None and frozen.state == TrialState.FAIL:
+            on_failed(study, frozen)
 
 
 def fail_dead_trials(study: Any, on_dead: Callable[[Any, Any], None] | None = None,

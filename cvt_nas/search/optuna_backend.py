@@ -39,7 +39,7 @@ from optuna.storages import BaseStorage
 from cvt_nas.common.gpus import worker_env
 from cvt_nas.common.pool import STOP, run_loops, run_workers
 from cvt_nas.common.proc import is_local, trial_tag
-from cvt_nas.common.storage import is_journal
+from cvt_nas.common.storage import abandon_trials, is_journal
 from cvt_nas.search import deterministic
 from cvt_nas.search import study as store
 from cvt_nas.search.progress import Progress
@@ -258,20 +258,8 @@ class Objective:
         """Leave the study resumable after an interrupt: the trial this worker was running (its
         current one, or one stopped while Optuna prepared it: RUNNING with this worker's tag) is
         failed and its parameters are queued again, once (`cvt_nas.search.study.retry_trial`)."""
-        storage, running = self.study._storage, optuna.trial.TrialState.RUNNING
-        ids = [t._trial_id for t in self.study.get_trials(deepcopy=False, states=(running,))
-               if t.user_attrs.get("worker") == self.tag]  # one stopped before __call__ too
-        if self.current is not None and self.current._trial_id not in ids:
-            ids.append(self.current._trial_id)  # Optuna may have failed it already
-        for trial_id in ids:
-            if storage.get_trial(trial_id).state == running:
-                try:
-                    storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
-                except Exception:  # noqa: BLE001 - it finished meanwhile
-                    continue
-            frozen = storage.get_trial(trial_id)
-            if frozen.state == optuna.trial.TrialState.FAIL:
-                store.retry_trial(self.study, frozen)
+        abandon_trials(self.study, self.tag, [self.current] if self.current else [],
+                       on_failed=store.retry_trial)
 
     def previous(self, params_sampled: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """The record and history of the first complete trial drawn with these parameters."""
