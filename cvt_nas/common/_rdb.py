@@ -18,10 +18,9 @@ Claiming a trial: Optuna starts a WAITING (enqueued) trial by reading its state 
 RUNNING, with ``SELECT ... FOR UPDATE``, which SQLite ignores; two workers (threads or
 processes) could both read WAITING and both run the trial, and the second to finish failed with
 "Cannot tell a COMPLETE trial". Failing a dead worker's trial had the same race (two survivors
-could both fail it, and both queue its parameters again), and so had finishing a trial with its
-values against a worker failing it (a trial failed and queued again could still turn COMPLETE).
-Here each is one conditional ``UPDATE ... WHERE state IN (...)``, with the values in the same
-commit: the database lets exactly one worker through, on SQLite and PostgreSQL alike.
+could both fail it, and both queue its parameters again). Here each is one conditional ``UPDATE
+... WHERE state IN (...)``: the database lets exactly one worker through, on SQLite and
+PostgreSQL alike.
 
 Tagging a trial: inside `cvt_nas.common.proc.trial_tag(tag)`, a trial this thread creates or
 claims carries the ``worker`` user attr from the same commit that makes it RUNNING. Set later
@@ -98,15 +97,13 @@ class SecretFreeRDBStorage(RDBStorage):
 
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:
-        """Optuna's, except that a change of state is one conditional UPDATE (with the values
-        in the same commit): WAITING -> RUNNING (a claim) and RUNNING/WAITING -> finished (a
-        tell, or failing a dead worker's trial) happen for exactly one of the workers racing
-        for them (module docstring)."""
-        if not (state == TrialState.RUNNING or state.is_finished()):
+        """Optuna's, except that a change of state alone is one conditional UPDATE: WAITING ->
+        RUNNING (a claim) and RUNNING/WAITING -> finished (failing a dead worker's trial) happen
+        for exactly one of the workers racing for them (module docstring)."""
+        if values is not None or not (state == TrialState.RUNNING or state.is_finished()):
             return super().set_trial_state_values(trial_id, state, values)
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
-        from sqlalchemy.exc import IntegrityError
 
         trial = models.TrialModel
         now = datetime.now(UTC).replace(tzinfo=None)  # Optuna stores naive UTC
@@ -117,23 +114,18 @@ class SecretFreeRDBStorage(RDBStorage):
         else:
             before = [TrialState.RUNNING, TrialState.WAITING]
             change[trial._datetime_complete_utc] = now
-        try:
-            with _create_scoped_session(self.scoped_session) as session:
-                changed = (session.query(trial)
-                           .filter(trial.trial_id == trial_id, trial.state.in_(before))
-                           .update(change, synchronize_session=False))
-                if changed and state == TrialState.RUNNING and (tag := current_tag()) is not None:
-                    self._tag_without_commit(session, trial_id, tag)  # one commit with the claim
-                if changed:
-                    for objective, value in enumerate(values or ()):
-                        self._value_without_commit(session, trial_id, objective, value)
-                    return True
-                # as Optuna: a finished trial raises UpdateFinishedTrialError; a running one is
-                # someone else's claim
-                found: TrialState = trial.find_or_raise_by_id(trial_id, session).state  # type: ignore[assignment]
-                self.check_trial_is_updatable(trial_id, found)
-                return False
-        except IntegrityError:  # as Optuna
+        with _create_scoped_session(self.scoped_session) as session:
+            changed = (session.query(trial)
+                       .filter(trial.trial_id == trial_id, trial.state.in_(before))
+                       .update(change, synchronize_session=False))
+            if changed and state == TrialState.RUNNING and (tag := current_tag()) is not None:
+                self._tag_without_commit(session, trial_id, tag)  # one commit with the claim
+            if changed:
+                return True
+            # as Optuna: a finished trial raises UpdateFinishedTrialError; a running one is
+            # someone else's claim
+            found: TrialState = trial.find_or_raise_by_id(trial_id, session).state  # type: ignore[assignment]
+            self.check_trial_is_updatable(trial_id, found)
             return False
 
     def beating(self, trial_ids: Sequence[int]) -> set[int]:
@@ -148,20 +140,6 @@ class SecretFreeRDBStorage(RDBStorage):
         with _create_scoped_session(self.scoped_session) as session:
             rows = session.query(beat.trial_id).filter(beat.trial_id.in_(list(trial_ids))).all()
         return {int(r[0]) for r in rows}
-
-    @staticmethod
-    def _value_without_commit(session: Any, trial_id: int, objective: int, value: float) -> None:
-        from optuna.storages._rdb import models
-
-        model = models.TrialValueModel
-        stored, kind = model.value_to_stored_repr(value)
-        row = (session.query(model)
-               .filter(model.trial_id == trial_id, model.objective == objective).one_or_none())
-        if row is None:
-            session.add(model(trial_id=trial_id, objective=objective, value=stored,
-                              value_type=kind))
-        else:
-            row.value, row.value_type = stored, kind
 
     @staticmethod
     def _tag_without_commit(session: Any, trial_id: int, tag: str) -> None:

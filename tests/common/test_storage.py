@@ -217,53 +217,6 @@ def test_a_dead_worker_s_trial_is_failed_by_exactly_one_of_the_survivors(
     assert {t.state.name for t in study.get_trials(deepcopy=False)} == {"FAIL"}
 
 
-def _finish_all(barrier: Any, url: str, ids: list[int], out: Path) -> None:
-    """A worker (a forked process): finish every trial, as a tell with values (even index) or
-    as failing a dead worker's trial (odd), noting each one where it got through."""
-    from optuna.exceptions import UpdateFinishedTrialError
-
-    storage = open_storage(url, heartbeat=None)
-    index = barrier.wait()
-    state = optuna.trial.TrialState.COMPLETE if index % 2 == 0 else optuna.trial.TrialState.FAIL
-    for trial_id in ids:
-        try:
-            if storage.get_trial(trial_id).state.is_finished():  # as Optuna's tell checks first
-                continue
-            done = storage.set_trial_state_values(
-                trial_id, state, [float(index)] if state.name == "COMPLETE" else None)
-        except UpdateFinishedTrialError:
-            continue
-        if done:
-            (out / f"{trial_id}-{index}").touch()
-
-
-@pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
-def test_a_trial_is_finished_by_exactly_one_of_a_tell_and_a_fail(
-        tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
-    # Optuna's tell reads the state, then writes values and COMPLETE: on SQLite a worker failing
-    # the trial in between (a dead-looking worker's trial, queued again) was overwritten
-    url = {"sqlite": f"sqlite:///{tmp_path / 's.db'}", "journal": str(tmp_path / "s.journal"),
-           "postgresql": request.getfixturevalue("postgres_url") if kind == "postgresql"
-           else ""}[kind]
-    study = optuna.create_study(storage=open_storage(url, heartbeat=None), study_name="f")
-    ids = [study.ask()._trial_id for _ in range(QUEUED)]
-    out = tmp_path / "finished"
-    out.mkdir()
-    assert at_once(_finish_all, (url, ids, out)) == [0] * 4
-    winners = {}
-    for f in out.iterdir():
-        trial_id, index = map(int, f.name.split("-"))
-        assert trial_id not in winners, f"trial {trial_id} finished twice"
-        winners[trial_id] = index
-    assert sorted(winners) == sorted(ids)
-    for t in study.get_trials(deepcopy=False):
-        index = winners[t._trial_id]
-        if index % 2 == 0:
-            assert (t.state.name, t.values) == ("COMPLETE", [float(index)])
-        else:
-            assert (t.state.name, t.values) == ("FAIL", None)
-
-
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_a_trial_carries_its_worker_from_its_first_commit(tmp_path: Path, kind: str) -> None:
     # the tag used to be set in the objective's first line: a stop or kill before it left a
