@@ -36,7 +36,12 @@ from cvt_nas.common import fmt
 from cvt_nas.common.gpus import worker_env, workers_per_device
 from cvt_nas.common.pool import STOP, run_loops, run_workers
 from cvt_nas.common.proc import cpu_name, trial_tag, worker_tag
-from cvt_nas.common.storage import abandon_trials, fail_dead_trials, open_storage
+from cvt_nas.common.storage import (
+    abandon_trials,
+    fail_dead_trials,
+    finished_elsewhere,
+    open_storage,
+)
 from cvt_nas.results.records import TRAIN_PREFIX
 
 if TYPE_CHECKING:
@@ -385,6 +390,12 @@ def _train_missing(study: optuna.Study, objective: _Objective, pairs: list[tuple
         # Otherwise the GridSampler hands out the next unvisited (row, seed) cell.
         try:
             study.optimize(tagged, n_trials=1, gc_after_trial=objective.gate is not None)
+        except (ValueError, AssertionError) as exc:
+            if not finished_elsewhere(exc, study, current[0] if current else None):
+                raise
+            _print(f"[{study.study_name}] trial {current[0].number} was failed by another "
+                   "worker while it ran here (its heartbeat looked stale); its pair is trained "
+                   "again")
         finally:
             if picked is not None:
                 with objective.lock:

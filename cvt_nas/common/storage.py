@@ -207,6 +207,27 @@ def abandon_trials(study: Any, tag: str, current: Iterable[Any] = (),
             on_failed(study, frozen)
 
 
+def finished_elsewhere(exc: BaseException, study: Any, trial: Any | None) -> bool:
+    """Did ``exc`` come out of Optuna's tell of ``trial`` because another worker had already
+    finished it (failed it as stale after a database outage, or abandoned it on a stop)?
+
+    Optuna's tell then raises "Cannot tell a FAIL trial." or ``UpdateFinishedTrialError``, and
+    its optimize loop turns that into "AssertionError: Should not reach.". The trial stays as the
+    other worker left it (a result stored in its record still counts); the worker can go on.
+    """
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    if trial is None or not study._storage.get_trial(trial._trial_id).state.is_finished():
+        return False
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, UpdateFinishedTrialError) or (
+                isinstance(seen, ValueError) and str(seen).startswith("Cannot tell a ")):
+            return True
+        seen = seen.__context__
+    return False
+
+
 def fail_dead_trials(study: Any, on_dead: Callable[[Any, Any], None] | None = None,
                      only_local: bool = True) -> list[int]:
     """Fail the RUNNING trials whose worker is gone; returns their numbers.

@@ -39,7 +39,7 @@ from optuna.storages import BaseStorage
 from cvt_nas.common.gpus import worker_env
 from cvt_nas.common.pool import STOP, run_loops, run_workers
 from cvt_nas.common.proc import is_local, trial_tag
-from cvt_nas.common.storage import abandon_trials, is_journal
+from cvt_nas.common.storage import abandon_trials, finished_elsewhere, is_journal
 from cvt_nas.search import deterministic
 from cvt_nas.search import study as store
 from cvt_nas.search.progress import Progress
@@ -347,8 +347,16 @@ def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = Non
                               file=sys.stderr, flush=True)
                     time.sleep(run.heartbeat or 1)
                     continue
-                study.optimize(step, n_trials=1, gc_after_trial=trains,
-                               catch=(TrialFailed, SurplusTrial, deterministic.SlotTaken))
+                try:
+                    study.optimize(step, n_trials=1, gc_after_trial=trains,
+                                   catch=(TrialFailed, SurplusTrial, deterministic.SlotTaken))
+                except (ValueError, AssertionError) as exc:
+                    if not finished_elsewhere(exc, study, objective.current):
+                        raise
+                    assert objective.current is not None
+                    print(f"cvt-nas search: trial {objective.current.number} was failed by "
+                          "another worker while it ran here (its heartbeat looked stale); it "
+                          "stays failed", file=sys.stderr, flush=True)
                 objective.current = None  # ended: a stop from now on has nothing to abandon
                 ran += 1
                 if objective.surplus:

@@ -119,3 +119,29 @@ def test_a_pair_another_machine_is_training_is_waited_for_and_trained_when_it_go
     assert "waiting for trial 0 (row a seed 0, worker elsewhere:1:1)" in out
     assert _complete_pairs(url) == {("a", 0), ("b", 0)}
     assert study.trials[trial.number].state.name == "FAIL"
+
+
+def test_an_ablation_worker_goes_on_when_another_fails_its_trial_under_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """As in the search: a trial failed as stale while it still ran made the tell raise inside
+    Optuna's optimize, and the worker died. Now its pair is trained again."""
+    from cvt_nas.ablation import runner
+
+    after_trial = runner._PairGrid.after_trial
+
+    def failed_under_it(self, study, trial, state, values) -> None:  # noqa: ANN001
+        if trial.number == 0:  # after Optuna's state check, before the tell
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        after_trial(self, study, trial, state, values)
+
+    monkeypatch.setattr(runner._PairGrid, "after_trial", failed_under_it)
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    assert _ablate(tmp_path / "t7", "--storage", url) == 0
+    assert "trial 0 was failed by another worker while it ran here" in capsys.readouterr().out
+    study = optuna.load_study(study_name=NAME, storage=open_storage(url, heartbeat=None))
+    first = study.trials[0]
+    assert first.state.name == "FAIL" and "record" in first.user_attrs
+    pair = (first.params["row"], first.params["seed"])
+    assert pair in _complete_pairs(url)  # trained again
+    assert len(_complete_pairs(url)) == len(load_experiment(EXPERIMENT).runnable("reduced"))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -370,6 +371,31 @@ def test_a_full_study_does_not_wait_for_a_remote_trial_that_never_beat(
     assert search(out, "--trials", "2", "--storage", url, "--heartbeat", "1") == 0
     assert "waiting" not in capsys.readouterr().err
     assert load_study(url).trials[remote.number].state.name == "RUNNING"  # left as it was
+
+
+def test_a_worker_goes_on_when_another_fails_its_trial_under_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A survivor that finds this worker's heartbeat stale (after a database outage longer than
+    the grace period) fails its trial while it still runs. The tell then raised inside Optuna's
+    optimize ("AssertionError: Should not reach.") and the worker died."""
+    from cvt_nas.search import optuna_backend
+
+    class FailedUnderIt(optuna.samplers.RandomSampler):
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            if trial.number == 0:  # Optuna calls this after its state check, before the tell
+                study._storage.set_trial_state_values(trial._trial_id,
+                                                      optuna.trial.TrialState.FAIL)
+            super().after_trial(study, trial, state, values)
+
+    monkeypatch.setattr(optuna_backend, "make_sampler",
+                        lambda run, seed: FailedUnderIt(seed=seed))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    assert search(tmp_path / "tiny", "--trials", "3", "--storage", url) == 0
+    assert "trial 0 was failed by another worker while it ran here" in capsys.readouterr().err
+    trials = load_study(url).trials
+    assert trials[0].state.name == "FAIL" and "record" in trials[0].user_attrs
+    assert len(trials) == 3 and store.tally(load_study(url)).counted == 3
 
 
 def test_a_stop_while_optuna_prepares_a_trial_fails_it_and_queues_it_again(
