@@ -39,8 +39,8 @@ from cvt_nas.common.proc import cpu_name, trial_tag, worker_tag
 from cvt_nas.common.storage import (
     abandon_trials,
     fail_dead_trials,
-    finished_elsewhere,
     open_storage,
+    optimize_one,
 )
 from cvt_nas.results.records import TRAIN_PREFIX
 
@@ -276,12 +276,14 @@ def _print(msg: str) -> None:
 
 
 def failed_pairs(study: optuna.Study) -> Counter[tuple[str, int]]:
-    """How often each pair's training ended badly (FAIL trials that hold a record; a killed
-    worker's trial holds none)."""
+    """How often each pair's training ended badly (FAIL trials that hold a record of a run that
+    did not complete; a killed worker's trial holds none)."""
     out: Counter[tuple[str, int]] = Counter()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
         pair = _pair(t)
-        if pair is not None and "record" in t.user_attrs:
+        record = t.user_attrs.get("record")
+        # a complete record on a FAIL trial: failed under its live worker, not a failed run
+        if pair is not None and record is not None and record.get("status") != "complete":
             out[pair] += 1
     return out
 
@@ -389,13 +391,9 @@ def _train_missing(study: optuna.Study, objective: _Objective, pairs: list[tuple
             study.enqueue_trial({"row": picked[0], "seed": picked[1]})
         # Otherwise the GridSampler hands out the next unvisited (row, seed) cell.
         try:
-            study.optimize(tagged, n_trials=1, gc_after_trial=objective.gate is not None)
-        except (ValueError, AssertionError) as exc:
-            if not finished_elsewhere(exc, study, current[0] if current else None):
-                raise
-            _print(f"[{study.study_name}] trial {current[0].number} was failed by another "
-                   "worker while it ran here (its heartbeat looked stale); its pair is trained "
-                   "again")
+            optimize_one(study, tagged, lambda: current[0] if current else None,
+                         lambda text: _print(f"[{study.study_name}] {text}"), stop,
+                         gc_after_trial=objective.gate is not None)
         finally:
             if picked is not None:
                 with objective.lock:

@@ -48,6 +48,7 @@ STOP_GRACE = 30.0  # seconds a worker gets to leave its trial resumable after a 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PR_SET_PDEATHSIG = 1
 _SWALLOWED: list[Interrupted] = []  # stops a finalizer swallowed, for `raise_pending_stop`
+_SIGNALLED: list[int] = []  # the signal of this process's stop, for `stop_exception`
 
 
 class Interrupted(KeyboardInterrupt):
@@ -109,6 +110,7 @@ def stop_on_signals() -> Iterator[None]:
         if STOP.is_set() and not _SWALLOWED:  # a repeat: the first one is unwinding
             return
         _SWALLOWED.clear()  # a repeat of a swallowed one: raise it now
+        _SIGNALLED[:] = [signum]
         STOP.set()
         raise Interrupted(signum)
 
@@ -122,6 +124,7 @@ def stop_on_signals() -> Iterator[None]:
 
     STOP.clear()
     _SWALLOWED.clear()
+    _SIGNALLED.clear()
     sys.unraisablehook = unraisable
     try:
         with _handlers(handler):
@@ -137,6 +140,12 @@ def raise_pending_stop() -> None:
     thread; nothing otherwise. Cheap enough to call every training step."""
     if _SWALLOWED and threading.current_thread() is threading.main_thread():
         raise _SWALLOWED.pop()
+
+
+def stop_exception() -> Interrupted:
+    """The `Interrupted` of this process's stop (by its signal; SIGINT when `STOP` was set
+    otherwise), for raising again where another error replaced it."""
+    return Interrupted(_SIGNALLED[-1] if _SIGNALLED else signal.SIGINT)
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -226,6 +227,29 @@ def finished_elsewhere(exc: BaseException, study: Any, trial: Any | None) -> boo
             return True
         seen = seen.__context__
     return False
+
+
+def optimize_one(study: Any, func: Callable[[Any], Any], current: Callable[[], Any | None],
+                 say: Callable[[str], None], stop: threading.Event | None = None,
+                 **kwargs: Any) -> None:
+    """``study.optimize(func, n_trials=1, **kwargs)``, going on past a trial that another worker
+    failed under this one (`finished_elsewhere`; ``current()`` is the trial ``func`` ran), which
+    is said with ``say``. A stop meanwhile (Optuna's tell error replaced it) still stops: the
+    main thread raises the stop's `Interrupted`; a loop thread (``stop`` set) just returns."""
+    from cvt_nas.common.pool import STOP, stop_exception
+
+    try:
+        study.optimize(func, n_trials=1, **kwargs)
+    except (ValueError, AssertionError) as exc:
+        trial = current()
+        if trial is None or not finished_elsewhere(exc, study, trial):
+            raise
+        if STOP.is_set() and threading.current_thread() is threading.main_thread():
+            raise stop_exception() from exc
+        if STOP.is_set() or (stop is not None and stop.is_set()):
+            return
+        say(f"trial {trial.number} was failed by another worker while it ran here (its "
+            "heartbeat looked stale); going on")
 
 
 def fail_dead_trials(study: Any, on_dead: Callable[[Any, Any], None] | None = None,

@@ -39,7 +39,7 @@ from optuna.storages import BaseStorage
 from cvt_nas.common.gpus import worker_env
 from cvt_nas.common.pool import STOP, run_loops, run_workers
 from cvt_nas.common.proc import is_local, trial_tag
-from cvt_nas.common.storage import abandon_trials, finished_elsewhere, is_journal
+from cvt_nas.common.storage import abandon_trials, is_journal, optimize_one
 from cvt_nas.search import deterministic
 from cvt_nas.search import study as store
 from cvt_nas.search.progress import Progress
@@ -347,16 +347,9 @@ def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = Non
                               file=sys.stderr, flush=True)
                     time.sleep(run.heartbeat or 1)
                     continue
-                try:
-                    study.optimize(step, n_trials=1, gc_after_trial=trains,
-                                   catch=(TrialFailed, SurplusTrial, deterministic.SlotTaken))
-                except (ValueError, AssertionError) as exc:
-                    if not finished_elsewhere(exc, study, objective.current):
-                        raise
-                    assert objective.current is not None
-                    print(f"cvt-nas search: trial {objective.current.number} was failed by "
-                          "another worker while it ran here (its heartbeat looked stale); it "
-                          "stays failed", file=sys.stderr, flush=True)
+                optimize_one(study, step, lambda: objective.current, say, stop,
+                             gc_after_trial=trains,
+                             catch=(TrialFailed, SurplusTrial, deterministic.SlotTaken))
                 objective.current = None  # ended: a stop from now on has nothing to abandon
                 ran += 1
                 if objective.surplus:
@@ -365,6 +358,11 @@ def run_worker(run: SearchRun, index: int = 0, storage: BaseStorage | None = Non
             objective.abandon()
             raise
     return ran
+
+
+def say(text: str) -> None:
+    """A line of the search on stderr."""
+    print(f"cvt-nas search: {text}", file=sys.stderr, flush=True)
 
 
 def _remote_running(study: optuna.Study, run: SearchRun) -> list[int]:

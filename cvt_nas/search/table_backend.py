@@ -51,6 +51,7 @@ from typing import Any
 from optuna.storages import BaseStorage
 
 from cvt_nas.bench import Bench, load
+from cvt_nas.common.storage import optimize_one
 from cvt_nas.search import study as store
 from cvt_nas.search.optuna_backend import (
     Objective,
@@ -61,6 +62,7 @@ from cvt_nas.search.optuna_backend import (
     make_sampler,
     run_search,
     run_worker,
+    say,
     stream_seed,
 )
 from cvt_nas.search.trial import Gate, Report, TrialSettings
@@ -309,8 +311,9 @@ def run_simulated(run: SearchRun, workers: int, storage: BaseStorage,
             study.sampler = make_sampler(run, sim_seed(run.seed, i, done))
             objective = Objective(run, study)
             while not errors and not stop() and store.tally(study).counted < run.trials:
-                study.optimize(objective, n_trials=1, gc_after_trial=False,
-                               catch=(TrialFailed, SurplusTrial))
+                optimize_one(study, objective, lambda: objective.current, say,
+                             gc_after_trial=False, catch=(TrialFailed, SurplusTrial))
+                objective.current = None
                 ran[i] += 1
                 if objective.surplus:
                     break

@@ -144,4 +144,5 @@ def test_an_ablation_worker_goes_on_when_another_fails_its_trial_under_it(
     assert first.state.name == "FAIL" and "record" in first.user_attrs
     pair = (first.params["row"], first.params["seed"])
     assert pair in _complete_pairs(url)  # trained again
+    assert runner.failed_pairs(study)[pair] == 0  # its run completed: not a failure
     assert len(_complete_pairs(url)) == len(load_experiment(EXPERIMENT).runnable("reduced"))

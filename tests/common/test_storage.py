@@ -271,3 +271,42 @@ def test_a_postgresql_storage_rides_out_a_server_restart_and_an_outage(
         assert trial.value == 1.0 and study.user_attrs["after"] == "outage"
     finally:
         later.join()
+
+
+def test_optimize_one_goes_on_past_a_trial_failed_elsewhere_but_not_past_a_bug_or_a_stop(
+) -> None:
+    import signal
+
+    from cvt_nas.common.pool import STOP, Interrupted, stop_on_signals
+    from cvt_nas.common.storage import optimize_one
+
+    study = optuna.create_study()
+    ran: list[optuna.Trial] = []
+    said: list[str] = []
+
+    def failed_under_it(trial: optuna.Trial, then: Any = None) -> float:
+        ran.append(trial)
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        if then is not None:
+            then()
+        return 1.0
+
+    optimize_one(study, failed_under_it, lambda: ran[-1], said.append)
+    assert said == ["trial 0 was failed by another worker while it ran here (its heartbeat "
+                    "looked stale); going on"]
+
+    def bug(trial: optuna.Trial) -> float:
+        ran.append(trial)
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):
+        optimize_one(study, bug, lambda: ran[-1], said.append)
+    try:
+        with stop_on_signals(), pytest.raises(Interrupted) as stopped:
+            # a stop that lands in a trial failed elsewhere: Optuna's tell error replaces it
+            optimize_one(study, lambda t: failed_under_it(
+                t, lambda: os.kill(os.getpid(), signal.SIGTERM)), lambda: ran[-1], said.append)
+    finally:
+        STOP.clear()
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert len(said) == 1

@@ -398,6 +398,35 @@ def test_a_worker_goes_on_when_another_fails_its_trial_under_it(
     assert len(trials) == 3 and store.tally(load_study(url)).counted == 3
 
 
+def test_a_worker_goes_on_when_its_trial_is_failed_as_stale_mid_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The usual case: the survivor fails the trial (and queues its draw) while it trains, so
+    storing its record already fails; the draw is trained again, the study still fills."""
+    from cvt_nas.search import optuna_backend
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    evaluate = optuna_backend.evaluate
+
+    def failed_mid_training(space: Any, sample: Any, number: int, *args: Any) -> Any:
+        outcome = evaluate(space, sample, number, *args)
+        if number == 0:  # as the stale check of another worker: fail, queue the draw again
+            study = load_study(url)
+            study._storage.set_trial_state_values(study.trials[0]._trial_id,
+                                                  optuna.trial.TrialState.FAIL)
+            store.retry_trial(study, load_study(url).trials[0])
+        return outcome
+
+    monkeypatch.setattr(optuna_backend, "evaluate", failed_mid_training)
+    assert search(tmp_path / "tiny", "--trials", "3", "--storage", url) == 0
+    assert "trial 0 was failed by another worker while it ran here" in capsys.readouterr().err
+    trials = load_study(url).trials
+    assert trials[0].state.name == "FAIL" and "record" not in trials[0].user_attrs
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].params == trials[0].params
+    assert store.tally(load_study(url)).counted == 3
+
+
 def test_a_stop_while_optuna_prepares_a_trial_fails_it_and_queues_it_again(
         tmp_path: Path) -> None:
     """Optuna makes a trial RUNNING before our objective runs; a stop in between is abandoned
